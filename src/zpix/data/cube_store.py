@@ -202,7 +202,9 @@ class CubeStore:
         self.on_bad = on_bad
         if not self.path.exists():
             partial = self.path.with_name(self.path.name + ".partial")
-            hint = f" ({partial.name} exists: the run that wrote it did not finish; rerun it)" if partial.exists() else ""
+            hint = ""
+            if partial.exists():
+                hint = f" ({partial.name} exists: the run that wrote it did not finish; rerun it)"
             raise CubeStoreError(f"cube store {self.path} not found{hint}")
         try:
             self._file: h5py.File | None = h5py.File(self.path, "r")
