@@ -1,0 +1,179 @@
+"""Import image cubes from other layouts into the cube store.
+
+* ``.npz`` in the layout of the public Pasquet et al. (2019) example file: ``data``
+  (N, 64, 64, 5) channels-last, ``z`` and ``ebv``.  The array is streamed from the zip
+  member in blocks, so files larger than memory import in bounded memory.
+* FITS cubes (one file per object, an image HDU of shape (bands, H, W)) listed in a
+  catalogue table that astropy can read (FITS, ECSV, CSV, VOTable, Parquet).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import click
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from zpix.data.cube_store import CubeStoreError, CubeWriter
+
+SDSS_BANDS = ("u", "g", "r", "i", "z")
+
+
+def _npz_member_blocks(path: Path, key: str, block: int) -> tuple[tuple[int, ...], np.dtype, Iterator[np.ndarray]]:
+    """Shape, dtype and an iterator over ``block``-row pieces of array ``key`` in an npz file."""
+    archive = zipfile.ZipFile(path)
+    member = f"{key}.npy"
+    if member not in archive.namelist():
+        keys = [n.removesuffix(".npy") for n in archive.namelist()]
+        archive.close()
+        raise CubeStoreError(f"{path} has no array '{key}' (it has {keys}); "
+                             "the Pasquet layout needs 'data', 'z' and 'ebv'")
+    stream = archive.open(member)
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(stream)
+    if fortran:
+        raise CubeStoreError(f"{path}:{key} is stored in Fortran order; re-save it with np.savez (C order)")
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def blocks() -> Iterator[np.ndarray]:
+        try:
+            for start in range(0, shape[0], block):
+                rows = min(block, shape[0] - start)
+                buf = stream.read(rows * row_bytes)
+                if len(buf) != rows * row_bytes:
+                    raise CubeStoreError(f"{path}:{key} is truncated at row {start}; the file is incomplete")
+                yield np.frombuffer(buf, dtype=dtype).reshape(rows, *shape[1:])
+        finally:
+            stream.close()
+            archive.close()
+
+    return tuple(shape), dtype, blocks()
+
+
+def import_npz(
+    npz_path: str | Path,
+    out: str | Path,
+    bands: Sequence[str] = SDSS_BANDS,
+    pixel_scale_arcsec: float = 0.396,
+    survey: str = "sdss",
+    channels_last: bool = True,
+    block: int = 512,
+) -> Path:
+    """Convert a Pasquet-layout ``.npz`` (``data`` (N, H, W, bands), ``z``, ``ebv``) to a cube store."""
+    npz_path = Path(npz_path)
+    with np.load(npz_path) as small:
+        missing = [k for k in ("z", "ebv") if k not in small.files]
+        if missing:
+            raise CubeStoreError(f"{npz_path} lacks {missing}; the Pasquet layout has 'data', 'z' and 'ebv'")
+        z = np.asarray(small["z"], dtype=np.float64).reshape(-1)
+        ebv = np.asarray(small["ebv"], dtype=np.float32).reshape(-1)
+        ids = np.asarray(small["ids"]).reshape(-1) if "ids" in small.files else np.arange(len(z))
+    shape, _, blocks = _npz_member_blocks(npz_path, "data", block)
+    if len(shape) != 4:
+        raise CubeStoreError(f"{npz_path}:data has shape {shape}; expected 4 axes (N, H, W, bands)")
+    n_bands = shape[3] if channels_last else shape[1]
+    image_shape = shape[1:3] if channels_last else shape[2:4]
+    if n_bands != len(bands):
+        raise CubeStoreError(f"{npz_path}:data has {n_bands} bands but {len(bands)} band names were given "
+                             f"({list(bands)}); pass --bands with one name per band")
+    if len(z) != shape[0] or len(ebv) != shape[0]:
+        raise CubeStoreError(f"{npz_path}: data has {shape[0]} objects but z has {len(z)} and ebv {len(ebv)}")
+    start = 0
+    with CubeWriter(out, bands=bands, image_shape=image_shape, pixel_scale_arcsec=pixel_scale_arcsec,
+                    survey=survey, attrs={"source": str(npz_path)}) as writer:
+        for chunk in blocks:
+            images = np.moveaxis(chunk, 3, 1) if channels_last else chunk
+            stop = start + len(chunk)
+            writer.append(images, z[start:stop], ebv[start:stop], ids[start:stop])
+            start = stop
+    return Path(out)
+
+
+def _read_fits_cube(path: Path, n_bands: int) -> np.ndarray:
+    with fits.open(path) as hdus:
+        planes = [h.data for h in hdus if getattr(h, "data", None) is not None and h.data.ndim >= 2]
+    if len(planes) == 1 and planes[0].ndim == 3:
+        cube = planes[0]
+    elif planes and all(p.ndim == 2 for p in planes):
+        cube = np.stack(planes)
+    else:
+        raise CubeStoreError(f"{path}: expected one (bands, H, W) image HDU or one 2-D HDU per band")
+    if cube.shape[0] != n_bands:
+        raise CubeStoreError(f"{path} has {cube.shape[0]} bands, expected {n_bands}")
+    return np.asarray(cube, dtype=np.float32)
+
+
+def import_fits(
+    catalog_path: str | Path,
+    out: str | Path,
+    bands: Sequence[str] = SDSS_BANDS,
+    pixel_scale_arcsec: float = 0.396,
+    survey: str = "sdss",
+    file_column: str = "file",
+    id_column: str = "id",
+    z_column: str = "z_spec",
+    ebv_column: str | None = "ebv",
+    mag_columns: Sequence[str] = (),
+    block: int = 256,
+) -> Path:
+    """Build a cube store from per-object FITS cubes listed in a catalogue table.
+
+    ``file_column`` holds each cube's path, relative to the catalogue's folder.  A
+    missing E(B−V) column is an error unless ``ebv_column`` is None (then 0 is stored).
+    """
+    catalog_path = Path(catalog_path)
+    table = Table.read(catalog_path)
+    needed = [file_column, id_column, z_column] + ([ebv_column] if ebv_column else []) + list(mag_columns)
+    missing = [c for c in needed if c not in table.colnames]
+    if missing:
+        raise CubeStoreError(f"{catalog_path} lacks column(s) {missing} (it has {table.colnames}); "
+                             "name them with --file-column/--id-column/--z-column/--ebv-column/--mag-columns")
+    n = len(table)
+    files = [catalog_path.parent / str(f).strip() for f in table[file_column]]
+    first = _read_fits_cube(files[0], len(bands))
+    ebv = np.asarray(table[ebv_column], np.float32) if ebv_column else np.zeros(n, np.float32)
+    z = np.asarray(table[z_column].filled(np.nan) if hasattr(table[z_column], "filled") else table[z_column],
+                   dtype=np.float64)
+    mags = np.stack([np.asarray(table[c], np.float32) for c in mag_columns], axis=1) if mag_columns else None
+    with CubeWriter(out, bands=bands, image_shape=first.shape[1:], pixel_scale_arcsec=pixel_scale_arcsec,
+                    survey=survey, mag_names=list(mag_columns) or None,
+                    attrs={"source": str(catalog_path)}) as writer:
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            images = np.stack([_read_fits_cube(f, len(bands)) for f in files[start:stop]])
+            writer.append(images, z[start:stop], ebv[start:stop], np.asarray(table[id_column][start:stop]),
+                          mags=None if mags is None else mags[start:stop])
+    return Path(out)
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cube store (.h5) to write.")
+@click.option("--bands", default="ugriz", show_default=True, help="Band names, one letter per band or comma list.")
+@click.option("--pixel-scale", default=0.396, show_default=True, help="Pixel scale in arcsec.")
+@click.option("--survey", default="sdss", show_default=True)
+@click.option("--file-column", default="file", show_default=True, help="FITS catalogue: column with cube paths.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--z-column", default="z_spec", show_default=True)
+@click.option("--ebv-column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
+@click.option("--mag-columns", default="", help="Comma-separated magnitude columns to store.")
+@click.option("--seed", default=0, show_default=True, help="Unused (deterministic); accepted for uniformity.")
+def import_command(source: str, out: str, bands: str, pixel_scale: float, survey: str, file_column: str,
+                   id_column: str, z_column: str, ebv_column: str, mag_columns: str, seed: int) -> None:
+    """Import SOURCE (a Pasquet-layout .npz, or a catalogue table of FITS cubes) into a cube store."""
+    band_list = bands.split(",") if "," in bands else list(bands)
+    try:
+        if source.endswith(".npz"):
+            path = import_npz(source, out, band_list, pixel_scale, survey)
+        else:
+            path = import_fits(source, out, band_list, pixel_scale, survey, file_column, id_column, z_column,
+                               None if ebv_column.lower() == "none" else ebv_column,
+                               [c for c in mag_columns.split(",") if c])
+    except CubeStoreError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {path}")
