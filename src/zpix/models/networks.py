@@ -1,0 +1,108 @@
+"""The image classifier of Pasquet et al. (2019) and its reduced variant, as registered models.
+
+``pasquet2019`` is Table A.1 / Sect. 3.6 exactly: C1 5x5 (64) -> P1 -> five inception modules with
+stride-2 average pools after the 2nd and 4th (the last module without its 5x5 branch) -> flatten
+(8x8x348) -> [+ E(B-V)] -> FC1 1096 -> FC2 1096 -> 180 logits on 0 <= z <= 0.4.  PReLU in the
+convolutions, ReLU in the fully connected layers, average pooling, no batch-norm, no dropout.
+
+``pasquet2019-small`` keeps that layout with fewer and thinner modules, a final average pool and
+narrower FC layers: the paper trained "a reduced network" on its 2 % (10 100-galaxy) subset
+(Sect. 5.1, Table 2) without giving its dimensions; this one is sized for laptop CPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from zpix.models.base import PhotoZModel, check_images
+from zpix.models.heads import PASQUET2019_FC, BinnedPDFHead
+from zpix.models.inception import PASQUET2019_MODULES, PASQUET2019_POOL_AFTER, InceptionBackbone
+from zpix.models.registry import register_model
+
+
+class InceptionPDFNet(PhotoZModel):
+    """Inception backbone on the image cube + binned-PDF head (optionally fed E(B-V))."""
+
+    def __init__(
+        self,
+        n_bands: int,
+        image_size: int,
+        n_bins: int,
+        z_min: float,
+        z_max: float,
+        use_ebv: bool,
+        stem_width: int,
+        stem_kernel: int,
+        modules: Sequence[Sequence[int]],
+        pool_after: Sequence[int],
+        final_pool_size: int | None,
+        fc_widths: Sequence[int],
+        prelu: str,
+    ) -> None:
+        super().__init__()
+        self.backbone = InceptionBackbone(
+            n_bands, image_size, stem_width, stem_kernel, modules, pool_after, final_pool_size, prelu
+        )
+        self.head = BinnedPDFHead(self.backbone.out_features, n_bins, z_min, z_max, fc_widths, use_ebv)
+
+    def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
+        images = check_images(images, self.backbone.n_bands, self.backbone.image_size, type(self).__name__)
+        return self.head(self.backbone(images), ebv)
+
+
+@register_model("pasquet2019")
+def pasquet2019(
+    n_bands: int = 5,
+    image_size: int = 64,
+    n_bins: int = 180,
+    z_min: float = 0.0,
+    z_max: float = 0.4,
+    use_ebv: bool = True,
+    stem_width: int = 64,
+    stem_kernel: int = 5,
+    modules: Sequence[Sequence[int]] = PASQUET2019_MODULES,
+    pool_after: Sequence[int] = PASQUET2019_POOL_AFTER,
+    final_pool_size: int | None = None,
+    fc_widths: Sequence[int] = PASQUET2019_FC,
+    prelu: str = "channel",
+) -> InceptionPDFNet:
+    """Pasquet et al. (2019), Table A.1: 27 391 464 weights by the paper's Eq. (B.1).
+
+    ``modules`` are ``[reduce, b1, b3, b5]`` per inception module (b5 = 0: no 5x5 branch),
+    ``pool_after`` the 0-based modules followed by a stride-2 average pool, ``final_pool_size`` an
+    optional adaptive average pool before the flatten (None in the paper), ``prelu`` "channel" (one
+    slope per feature map, He et al. 2015's default) or "shared" (one slope per layer).
+    """
+    return InceptionPDFNet(
+        n_bands, image_size, n_bins, z_min, z_max, use_ebv, stem_width, stem_kernel,
+        modules, pool_after, final_pool_size, fc_widths, prelu,
+    )  # fmt: skip
+
+
+#: Reduced layout: 32x32 after the stem, 16x16 after module 1, 8x8 after module 2, pooled to 4x4.
+SMALL_MODULES: tuple[tuple[int, int, int, int], ...] = ((16, 24, 24, 16), (24, 32, 32, 0))
+
+
+@register_model("pasquet2019-small")
+def pasquet2019_small(
+    n_bands: int = 5,
+    image_size: int = 64,
+    n_bins: int = 180,
+    z_min: float = 0.0,
+    z_max: float = 0.4,
+    use_ebv: bool = True,
+    stem_width: int = 16,
+    stem_kernel: int = 5,
+    modules: Sequence[Sequence[int]] = SMALL_MODULES,
+    pool_after: Sequence[int] = (0, 1),
+    final_pool_size: int | None = 4,
+    fc_widths: Sequence[int] = (256, 256),
+    prelu: str = "channel",
+) -> InceptionPDFNet:
+    """Reduced Pasquet et al. (2019) network for small training sets and CPUs (same options)."""
+    return InceptionPDFNet(
+        n_bands, image_size, n_bins, z_min, z_max, use_ebv, stem_width, stem_kernel,
+        modules, pool_after, final_pool_size, fc_widths, prelu,
+    )  # fmt: skip

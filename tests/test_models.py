@@ -1,0 +1,315 @@
+"""Models: registry, the exact Pasquet et al. (2019) architecture, and behaviour of every registered net."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from zpix.models import create_model, list_models, model_config, register_model
+from zpix.models.layers import avg_pool_same
+
+# Table A.1 of Pasquet et al. (2019): (layer, kernel side, input maps, output maps, output h = w).
+TABLE_A1 = [
+    ("C1", 5, 5, 64, 64),
+    ("C2", 1, 64, 48, 32), ("C3", 1, 64, 48, 32), ("C4", 1, 64, 48, 32), ("C5", 1, 64, 64, 32),
+    ("C6", 3, 48, 64, 32), ("C7", 5, 48, 64, 32),
+    ("C8", 1, 240, 64, 32), ("C9", 1, 240, 64, 32), ("C10", 1, 240, 64, 32), ("C11", 1, 240, 92, 32),
+    ("C12", 3, 64, 92, 32), ("C13", 5, 64, 92, 32),
+    ("C14", 1, 340, 92, 16), ("C15", 1, 340, 92, 16), ("C16", 1, 340, 92, 16), ("C17", 1, 340, 128, 16),
+    ("C18", 3, 92, 128, 16), ("C19", 5, 92, 128, 16),
+    ("C20", 1, 476, 92, 16), ("C21", 1, 476, 92, 16), ("C22", 1, 476, 92, 16), ("C23", 1, 476, 128, 16),
+    ("C24", 3, 92, 128, 16), ("C25", 5, 92, 128, 16),
+    ("C26", 1, 476, 92, 8), ("C27", 1, 476, 92, 8), ("C28", 1, 476, 128, 8), ("C29", 3, 92, 128, 8),
+]  # fmt: skip
+FLATTEN = 8 * 8 * 348  # Co5
+FC = [(FLATTEN + 1, 1096), (1096, 1096)]  # FC1 gets E(B-V) as one extra input (Sect. 3.6)
+OUTPUT = (1096, 180)
+
+REGISTERED = ["pasquet2019", "pasquet2019-small"]
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def make_inputs(model: nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor | None]:
+    """Random inputs matching a model's configuration (images, ebv, mags as it needs them)."""
+    cfg = model.zpix_config
+    gen = torch.Generator().manual_seed(seed)
+    images = None
+    if cfg.get("use_images", True):
+        size = cfg["image_size"]
+        images = torch.randn(batch, cfg["n_bands"], size, size, generator=gen)
+    mags = None
+    if cfg.get("use_mags", False):
+        mags = 18 + 2 * torch.randn(batch, cfg["n_mags"], generator=gen)
+    ebv = 0.1 * torch.rand(batch, generator=gen)
+    return {"images": images, "ebv": ebv, "mags": mags}
+
+
+def expected_shape(model: nn.Module, batch: int) -> tuple[int, int]:
+    return (batch, model.n_bins) if model.output_kind == "pdf" else (batch, 2)
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+
+
+def test_registry_lists_models() -> None:
+    names = list_models()
+    assert names == sorted(names)
+    assert set(REGISTERED) <= set(names)
+
+
+def test_unknown_model_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match="known models: .*pasquet2019-small"):
+        create_model("resnet50")
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(ValueError, match="no option.*n_band\\b.*options are"):
+        create_model("pasquet2019-small", n_band=4)
+
+
+def test_duplicate_registration_is_refused() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("pasquet2019")(lambda n_bands=5: nn.Identity())
+
+
+def test_factory_without_default_is_refused() -> None:
+    with pytest.raises(TypeError, match="default"):
+        register_model("zz-test-no-default")(lambda n_bands: nn.Identity())
+    assert "zz-test-no-default" not in list_models()
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+def test_config_is_complete_serialisable_and_rebuilds(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, n_bands=3, image_size=24, n_bins=20, z_max=1.0, use_ebv=False)
+    assert model.zpix_name == name
+    cfg = model.zpix_config
+    assert cfg == model_config(name, n_bands=3, image_size=24, n_bins=20, z_max=1.0, use_ebv=False)
+    assert json.loads(json.dumps(cfg)) == cfg  # plain JSON types only (tuples became lists)
+    assert cfg["n_bands"] == 3 and cfg["use_ebv"] is False and "modules" in cfg
+    rebuilt = create_model(model.zpix_name, **json.loads(json.dumps(cfg)))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 24, 24)
+    model.eval(), rebuilt.eval()
+    assert torch.equal(model(x), rebuilt(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# pasquet2019: Table A.1 exactly
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("pasquet2019")
+
+
+def test_table_a1_reading_gives_the_papers_count() -> None:
+    """Eq. (B.1)-(B.2): N = sum_conv k^2 n_in n_out + sum_FC n_in n_out = 27 391 464.
+
+    Our reading of Table A.1 reproduces the published number *exactly* when (i) biases and PReLU
+    slopes are not counted (Eq. B.1 has kernel weights only), (ii) FC1 sees the flattened Co5 maps,
+    8 x 8 x 348 = 22 272, plus the one E(B-V) input (no pooling between Co5 and FC1), (iii) both FC
+    layers have 1096 neurons (Sect. 3.6; Table A.1's "1024, 1024" is a typo: 1024 gives 25 819 488
+    with the output layer, 25 635 168 without) and (iv) the final 1096 x 180 output layer is not
+    counted (the sum stops at FC2).  1096 * 180 = 197 280 is exactly the difference otherwise.
+    """
+    conv = sum(k * k * n_in * n_out for _, k, n_in, n_out, _ in TABLE_A1)
+    fc = sum(n_in * n_out for n_in, n_out in FC)
+    assert conv == 1_779_040
+    assert conv + fc == 27_391_464
+    assert conv + fc + OUTPUT[0] * OUTPUT[1] == 27_391_464 + 197_280
+
+
+def test_pasquet2019_parameter_count(paper_model: nn.Module) -> None:
+    """Our PyTorch model has 27 596 372 parameters = the paper's 27 391 464 (Eq. B.1) + 204 908:
+
+    * 2 628 convolution biases (one per feature map of C1-C29; Sect. 3.2 "plus an adjustable offset"),
+    * 2 628 PReLU slopes, one per feature map (He et al. 2015 channel-wise PReLU; Eq. B.1 counts no
+      activation parameters, so the count cannot tell channel-wise from shared slopes -- with
+      ``prelu="shared"`` there are 29, one per convolution layer C1-C29),
+    * 2 192 FC1/FC2 biases, and the output layer's 1096 x 180 weights + 180 biases = 197 460,
+      which Eq. (B.1)'s sum leaves out (see the test above).
+    """
+    params = dict(paper_model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    conv_w = sum(m.weight.numel() for m in paper_model.modules() if isinstance(m, nn.Conv2d))
+    conv_b = sum(m.bias.numel() for m in paper_model.modules() if isinstance(m, nn.Conv2d))
+    linears = [m for m in paper_model.modules() if isinstance(m, nn.Linear)]
+    prelu = sum(p.numel() for n, p in params.items() if n.endswith("act.weight"))
+    assert [tuple(m.weight.shape) for m in linears] == [(1096, 22273), (1096, 1096), (180, 1096)]
+    assert conv_w == 1_779_040
+    assert conv_w + linears[0].weight.numel() + linears[1].weight.numel() == 27_391_464
+    assert (conv_b, prelu) == (2628, 2628)
+    assert total == 27_391_464 + 2628 + 2628 + 2 * 1096 + 1096 * 180 + 180 == 27_596_372
+    shared = create_model("pasquet2019", prelu="shared")
+    assert sum(p.numel() for p in shared.parameters()) == 27_596_372 - 2628 + 29
+
+
+def test_pasquet2019_layout(paper_model: nn.Module) -> None:
+    """Feature maps of Table A.1 (Co1..Co5 = 240, 340, 476, 476, 348 at 32, 32, 16, 16, 8 pixels);
+    average pooling only, PReLU in convolutions, ReLU in FC, no batch-norm and no dropout."""
+    kinds = {type(m) for m in paper_model.modules()}
+    assert not kinds & {nn.BatchNorm2d, nn.BatchNorm1d, nn.Dropout, nn.MaxPool2d, nn.LayerNorm}
+    shapes: list[tuple[int, ...]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+        for m in paper_model.backbone.trunk.layers
+        if type(m).__name__ == "InceptionModule"
+    ]
+    with torch.no_grad():
+        out = paper_model(torch.randn(1, 5, 64, 64), torch.zeros(1))
+    for h in hooks:
+        h.remove()
+    assert shapes == [(240, 32, 32), (340, 32, 32), (476, 16, 16), (476, 16, 16), (348, 8, 8)]
+    assert paper_model.backbone.out_features == FLATTEN
+    assert out.shape == (1, 180)
+    assert paper_model.output_kind == "pdf"
+    assert (paper_model.n_bins, paper_model.z_min, paper_model.z_max) == (180, 0.0, 0.4)
+    centers = paper_model.bin_centers().tolist()
+    assert len(centers) == 180
+    assert centers[1] - centers[0] == pytest.approx(0.4 / 180)
+    assert 0.4 / 180 == pytest.approx(2.2e-3, rel=0.02)  # "constant width dz = 2.2e-3"
+    assert centers[0] == pytest.approx(0.2 / 180) and centers[-1] == pytest.approx(0.4 - 0.2 / 180)
+
+
+def test_pasquet2019_forward_64x64x5(paper_model: nn.Module) -> None:
+    """The full network on two 64x64 ugriz images: finite logits, and FLOPs as Table A.1 implies."""
+    x, ebv = torch.randn(2, 5, 64, 64), torch.tensor([0.02, 0.2])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = paper_model(x, ebv)
+    assert out.shape == (2, 180) and torch.isfinite(out).all()
+    macs = sum(k * k * n_in * n_out * hw * hw for _, k, n_in, n_out, hw in TABLE_A1)
+    macs += sum(n_in * n_out for n_in, n_out in [*FC, OUTPUT])
+    assert counter.get_total_flops() == 2 * 2 * macs  # 2 images, 2 FLOPs per multiply-add
+    assert 2 * macs == pytest.approx(1.519e9, rel=1e-3)
+
+
+def test_small_is_at_least_15x_cheaper(paper_model: nn.Module) -> None:
+    small = create_model("pasquet2019-small")
+    x, ebv = torch.randn(1, 5, 64, 64), torch.zeros(1)
+    flops = []
+    for model in (paper_model, small):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x, ebv)
+        flops.append(counter.get_total_flops())
+    assert flops[0] >= 15 * flops[1]
+    assert flops[1] == 46_688_768  # per 64x64x5 image; reported in the docs
+    assert sum(p.numel() for p in small.parameters()) == 499_812
+
+
+# --------------------------------------------------------------------------------------------------
+# every registered model
+
+
+# The full network at 64x64x5 is run (forward only) by test_pasquet2019_forward_64x64x5.
+CASES = [
+    pytest.param(name, bands, size, id=f"{name}-{bands}x{size}")
+    for name in list_models()
+    for bands, size in [(4, 36), (5, 64), (3, 20)]
+    if not (name == "pasquet2019" and size == 64)
+]
+
+
+@pytest.mark.parametrize(("name", "n_bands", "size"), CASES)
+def test_forward_backward_all_parameters_get_gradients(name: str, n_bands: int, size: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, n_bands=n_bands, image_size=size)
+    model.train()
+    inputs = make_inputs(model, batch=3)
+    out = model(**inputs)
+    assert out.shape == expected_shape(model, 3)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.square().mean().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().max() > 0, pname
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_without_ebv(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, n_bands=4, image_size=20, use_ebv=False).eval()
+    inputs = make_inputs(model, batch=2)
+    with torch.no_grad():
+        out = model(**{**inputs, "ebv": None})
+        # E(B-V) given to a model built without it is ignored
+        assert torch.equal(out, model(**inputs))
+    assert out.shape == expected_shape(model, 2)
+    with_ebv = create_model(name, n_bands=4, image_size=20, use_ebv=True)
+    with pytest.raises(ValueError, match="use_ebv=True"):
+        with_ebv(**{**make_inputs(with_ebv, 2), "ebv": None})
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_ebv_changes_the_output(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, n_bands=4, image_size=20, use_ebv=True).eval()
+    inputs = make_inputs(model, batch=2)
+    with torch.no_grad():
+        a = model(**inputs)
+        b = model(**{**inputs, "ebv": inputs["ebv"].reshape(2, 1) + 0.5})  # (B, 1) works too
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last_matches_contiguous(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, n_bands=5, image_size=24).eval()
+    inputs = make_inputs(model, batch=2)
+    with torch.no_grad():
+        ref = model(**inputs)
+        model_cl = model.to(memory_format=torch.channels_last)
+        if inputs["images"] is not None:
+            inputs["images"] = inputs["images"].to(memory_format=torch.channels_last)
+        out = model_cl(**inputs)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_wrong_image_shape_is_a_clear_error(name: str) -> None:
+    model = create_model(name, n_bands=4, image_size=20)
+    inputs = make_inputs(model, batch=2)
+    if inputs["images"] is None:
+        pytest.skip("model without an image branch")
+    with pytest.raises(ValueError, match=r"expects images of shape \(B, 4, 20, 20\).*n_bands="):
+        model(**{**inputs, "images": torch.zeros(2, 5, 20, 20)})
+
+
+def test_small_model_learns_a_fixed_batch() -> None:
+    """A few Adam steps of cross-entropy on one batch lower the loss (the net can fit)."""
+    torch.manual_seed(0)
+    model = create_model("pasquet2019-small", n_bands=5, image_size=32)
+    x, ebv = torch.randn(16, 5, 32, 32), 0.1 * torch.rand(16)
+    y = torch.randint(0, 180, (16,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x, ebv), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(5.19, abs=0.3)  # ~ log(180): an untrained net is ~uniform
+    assert losses[-1] < 0.5 * losses[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# layers
+
+
+def test_same_average_pool_matches_tensorflow_semantics() -> None:
+    """2x2 stride-1 'SAME' pooling: pad after, average over real pixels only (Table A.1, P2)."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]).reshape(1, 1, 3, 3)
+    expected = torch.tensor([[3.0, 4.0, 4.5], [6.0, 7.0, 7.5], [7.5, 8.5, 9.0]]).reshape(1, 1, 3, 3)
+    torch.testing.assert_close(avg_pool_same(x, 2), expected)
+    assert avg_pool_same(x, 3).shape == x.shape
