@@ -403,6 +403,33 @@ def iter_pdfs(
         yield s, e, from_qp(ens, grid)[0]
 
 
+def read_pdf_rows(path: str | os.PathLike, rows: np.ndarray) -> np.ndarray:
+    """PDFs of the given catalogue rows (any order, repeats allowed), without reading the rest."""
+    import h5py
+
+    path = Path(path)
+    meta = read_meta(path)
+    grid = RedshiftGrid.from_dict(meta["grid"])
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    with h5py.File(path / PDF_FILE, "r") as f:
+        hist = "data" in f and "pdfs" in f["data"] and "meta" in f and "bins" in f["meta"]
+        bins = np.asarray(f["meta"]["bins"]).ravel() if hist else None
+        if hist and bins.size == grid.n_bins + 1 and np.allclose(bins, grid.edges, atol=1e-9):
+            n = f["data"]["pdfs"].shape[0]
+            if uniq.size and (uniq[0] < 0 or uniq[-1] >= n):
+                raise IndexError(f"{path / PDF_FILE}: rows must be in [0, {n}), got {uniq[[0, -1]].tolist()}")
+            # h5py fancy indexing needs increasing unique indices
+            dens = np.asarray(f["data"]["pdfs"][uniq], dtype=np.float64) if uniq.size else np.empty((0, grid.n_bins))
+            return normalize(dens * np.diff(bins))[inverse] if uniq.size else dens
+    import qp
+
+    from zpix.pdf import from_qp
+
+    out = [from_qp(qp.read(str(path / PDF_FILE), read_slice=slice(r, r + 1)), grid)[0] for r in uniq]
+    return np.vstack(out)[inverse] if out else np.empty((0, grid.n_bins))
+
+
 def read_predictions(path: str | os.PathLike, load_pdfs: bool = True) -> Predictions:
     """Read a prediction directory.  Errors name the path and the missing file or column."""
     path = Path(path)

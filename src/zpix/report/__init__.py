@@ -1,0 +1,18 @@
+"""HTML reports and figures of photo-z predictions (`zpix report`).
+
+``make_report`` is imported lazily so that ``import zpix.report`` does not load matplotlib.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["make_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "make_report":
+        from zpix.report.build import make_report
+
+        return make_report
+    raise AttributeError(f"module 'zpix.report' has no attribute {name!r}")

@@ -1,0 +1,127 @@
+"""`zpix report`: the evaluation as one self-contained HTML page plus its figures as PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: (file stem, title, caption) of each figure, in page order.
+FIGURES: tuple[tuple[str, str, str], ...] = (
+    ("zphot_zspec", "Photometric against spectroscopic redshift",
+     "Density of galaxies; solid: 1:1 line; dashed: |Δz| = 0.05, beyond which galaxies count as outliers "
+     "(Pasquet et al. 2019, Fig. 7)."),
+    ("dz_hist", "Distribution of the residuals Δz",
+     "Step: normalised Δz histogram; dashed: Gaussian with the measured σ_MAD and bias; hatched: outliers "
+     "(Fig. 6). The log panel shows the tails."),
+    ("residuals", "Mean residuals against z_spec and z_phot",
+     "Mean Δz in bins with bootstrap errors; gold band |⟨Δz⟩| < 0.002; lower panels: the redshift "
+     "distributions (Fig. 8). A trend against z_spec reflects the training prior; none should be seen "
+     "against z_phot."),
+    ("pit", "Probability integral transform",
+     "Histogram of CDF(z_spec). Flat: calibrated PDFs; U-shape: too narrow; hump: too wide. Dashed guides: "
+     "a calibrated Gaussian model with residuals expanded (green) or shrunk (red) by 20% (Fig. 10)."),
+    ("examples", "Example PDFs",
+     "Random galaxies: colour image (Lupton et al. asinh RGB of i, r, g) and PDF; red dotted: z_spec; blue "
+     "dotted: z_phot (Fig. 9)."),
+    ("trends", "Trends with redshift and galaxy / observing properties",
+     "Mean Δz (top) and σ_MAD (middle) in bins, with bootstrap errors, and the counts per bin (bottom); "
+     "catalogue columns r_mag, ebv, snr_r, axis_ratio, psf_fwhm_r are shown when present (Fig. 11, Sect. 6)."),
+    ("nz", "Redshift distributions N(z)",
+     "Stacked PDFs against the spec-z histogram, for the whole sample and in tomographic z_phot bins; "
+     "Δ⟨z⟩ = ⟨z⟩_stacked − ⟨z_spec⟩ checked against |Δ⟨z⟩| < 0.002."),
+    ("width", "PDF widths and quality cuts",
+     "Distribution of the central-68% widths; σ_MAD and η after removing the widest PDFs (Table 2 as a "
+     "curve)."),
+)
+
+
+def make_report(
+    predictions: str | Path,
+    out: str | Path = "report",
+    compare: Sequence[str | Path] = (),
+    truth: str | Path | None = None,
+    cubes: str | Path | None = None,
+    n_examples: int = 12,
+    seed: int = 0,
+    overwrite: bool = True,
+    **eval_kwargs: Any,
+) -> Path:
+    """Write ``out/index.html`` (self-contained), ``out/<figure>.png`` and ``out/metrics.json``.
+
+    ``cubes`` is a cube store (HDF5 with ``images`` (N, bands, H, W) and ``ids``) for the galaxy
+    images beside the example PDFs.  Other keyword arguments go to
+    :func:`zpix.evaluate.run_evaluation`.  The directory is built under a temporary name and
+    renamed at the end, so a failed run leaves no half-made report.  Returns the HTML path.
+    """
+    from zpix.evaluate import run_evaluation
+    from zpix.report import figures as F
+    from zpix.report.html import render_html
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out")
+    scores, result = run_evaluation(predictions, truth=truth, compare=compare, seed=seed, **eval_kwargs)
+    eta_t = float(result["settings"]["outlier_thresholds"][0]) if result["settings"]["outlier_thresholds"] else 0.05
+    makers = {
+        "zphot_zspec": lambda: F.fig_zphot_zspec(scores, result, eta_t),
+        "dz_hist": lambda: F.fig_dz_hist(scores, result, eta_t),
+        "residuals": lambda: F.fig_residuals(scores, result),
+        "pit": lambda: F.fig_pit(scores, result),
+        "examples": lambda: F.fig_examples(scores, result, cubes, n_examples, seed),
+        "trends": lambda: F.fig_trends(scores, result),
+        "nz": lambda: F.fig_nz(scores, result),
+        "width": lambda: F.fig_width(scores, result, eta_t),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        written = []
+        for stem, title, caption in FIGURES:
+            fig = makers[stem]()
+            F.save(fig, tmp / f"{stem}.png")
+            fig.clear()
+            written.append((title, caption, tmp / f"{stem}.png"))
+        with open(tmp / "metrics.json", "w") as f:
+            json.dump(result, f, indent=1, allow_nan=False)
+        (tmp / "index.html").write_text(render_html(result, written), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+@click.command("report")
+@click.argument("predictions", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
+              help="Directory for index.html, the PNG figures and metrics.json (replaced if it exists).")
+@click.option("--compare", multiple=True, type=click.Path(exists=True),
+              help="Another prediction directory to show side by side (repeatable).")
+@click.option("--truth", type=click.Path(exists=True), default=None,
+              help="Table with id and z_spec (Parquet/CSV/FITS or a cube store .h5).")
+@click.option("--cubes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Cube store (HDF5) holding the galaxies' images, for the example panel.")
+@click.option("--point", type=click.Choice(("z_mean", "z_median", "z_mode")), default="z_mean",
+              show_default=True)
+@click.option("--n-examples", type=int, default=12, show_default=True)
+@click.option("--n-boot", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def report_command(predictions: str, out: str, compare: tuple[str, ...], truth: str | None, cubes: str | None,
+                   point: str, n_examples: int, n_boot: int, seed: int) -> None:
+    """HTML report with the Pasquet et al. (2019) figures for PREDICTIONS (and --compare methods)."""
+    try:
+        page = make_report(predictions, out, compare=compare, truth=truth, cubes=cubes, n_examples=n_examples,
+                           seed=seed, point=point, n_boot=n_boot)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {page}")
