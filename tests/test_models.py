@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from zpix.models import create_model, list_models, model_config, register_model
+from zpix.models.hybrid import magnitude_statistics
 from zpix.models.layers import avg_pool_same
+from zpix.models.multimodal import modality_bands
 
 # Table A.1 of Pasquet et al. (2019): (layer, kernel side, input maps, output maps, output h = w).
 TABLE_A1 = [
@@ -29,11 +33,24 @@ FLATTEN = 8 * 8 * 348  # Co5
 FC = [(FLATTEN + 1, 1096), (1096, 1096)]  # FC1 gets E(B-V) as one extra input (Sect. 3.6)
 OUTPUT = (1096, 180)
 
-REGISTERED = ["pasquet2019", "pasquet2019-small"]
+REGISTERED = [
+    "hybrid", "hybrid-images", "hybrid-mags", "multimodal", "multimodal-small", "pasquet2019", "pasquet2019-small"
+]  # fmt: skip
+IMAGE_MODELS = [name for name in list_models() if model_config(name).get("use_images", True)]
 
 
 # --------------------------------------------------------------------------------------------------
 # helpers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run this module's many small forward/backward passes on one thread: with other processes busy on
+    a 2-core machine, OpenMP's thread barriers would otherwise dominate the wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_inputs(model: nn.Module, batch: int, seed: int = 0) -> dict[str, torch.Tensor | None]:
@@ -60,9 +77,7 @@ def expected_shape(model: nn.Module, batch: int) -> tuple[int, int]:
 
 
 def test_registry_lists_models() -> None:
-    names = list_models()
-    assert names == sorted(names)
-    assert set(REGISTERED) <= set(names)
+    assert list_models() == REGISTERED
 
 
 def test_unknown_model_lists_known_ones() -> None:
@@ -86,7 +101,7 @@ def test_factory_without_default_is_refused() -> None:
     assert "zz-test-no-default" not in list_models()
 
 
-@pytest.mark.parametrize("name", REGISTERED)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_config_is_complete_serialisable_and_rebuilds(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, n_bands=3, image_size=24, n_bins=20, z_max=1.0, use_ebv=False)
@@ -95,11 +110,13 @@ def test_config_is_complete_serialisable_and_rebuilds(name: str) -> None:
     assert cfg == model_config(name, n_bands=3, image_size=24, n_bins=20, z_max=1.0, use_ebv=False)
     assert json.loads(json.dumps(cfg)) == cfg  # plain JSON types only (tuples became lists)
     assert cfg["n_bands"] == 3 and cfg["use_ebv"] is False and "modules" in cfg
+    if cfg.get("use_mags"):
+        model.set_mag_normalization(torch.linspace(18, 22, cfg["n_mags"]), torch.linspace(1, 2, cfg["n_mags"]))
     rebuilt = create_model(model.zpix_name, **json.loads(json.dumps(cfg)))
-    rebuilt.load_state_dict(model.state_dict())
-    x = torch.randn(2, 3, 24, 24)
+    rebuilt.load_state_dict(model.state_dict())  # strict: same architecture, same buffers
+    inputs = make_inputs(model, batch=2)
     model.eval(), rebuilt.eval()
-    assert torch.equal(model(x), rebuilt(x))
+    assert torch.equal(model(**inputs), rebuilt(**inputs))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,12 +227,13 @@ def test_small_is_at_least_15x_cheaper(paper_model: nn.Module) -> None:
 # every registered model
 
 
-# The full network at 64x64x5 is run (forward only) by test_pasquet2019_forward_64x64x5.
+# The two full-size networks at 64x64x5 run forward only, in their own tests (CPU time).
+FULL_SIZE = {"pasquet2019", "multimodal"}
 CASES = [
     pytest.param(name, bands, size, id=f"{name}-{bands}x{size}")
     for name in list_models()
     for bands, size in [(4, 36), (5, 64), (3, 20)]
-    if not (name == "pasquet2019" and size == 64)
+    if not (name in FULL_SIZE and size == 64)
 ]
 
 
@@ -224,9 +242,9 @@ def test_forward_backward_all_parameters_get_gradients(name: str, n_bands: int, 
     torch.manual_seed(0)
     model = create_model(name, n_bands=n_bands, image_size=size)
     model.train()
-    inputs = make_inputs(model, batch=3)
+    inputs = make_inputs(model, batch=2)
     out = model(**inputs)
-    assert out.shape == expected_shape(model, 3)
+    assert out.shape == expected_shape(model, 2)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     out.square().mean().backward()
     for pname, p in model.named_parameters():
@@ -275,12 +293,10 @@ def test_channels_last_matches_contiguous(name: str) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_wrong_image_shape_is_a_clear_error(name: str) -> None:
     model = create_model(name, n_bands=4, image_size=20)
     inputs = make_inputs(model, batch=2)
-    if inputs["images"] is None:
-        pytest.skip("model without an image branch")
     with pytest.raises(ValueError, match=r"expects images of shape \(B, 4, 20, 20\).*n_bands="):
         model(**{**inputs, "images": torch.zeros(2, 5, 20, 20)})
 
@@ -288,12 +304,12 @@ def test_wrong_image_shape_is_a_clear_error(name: str) -> None:
 def test_small_model_learns_a_fixed_batch() -> None:
     """A few Adam steps of cross-entropy on one batch lower the loss (the net can fit)."""
     torch.manual_seed(0)
-    model = create_model("pasquet2019-small", n_bands=5, image_size=32)
-    x, ebv = torch.randn(16, 5, 32, 32), 0.1 * torch.rand(16)
+    model = create_model("pasquet2019-small", n_bands=5, image_size=16)
+    x, ebv = torch.randn(16, 5, 16, 16), 0.1 * torch.rand(16)
     y = torch.randint(0, 180, (16,))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(40):
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x, ebv), y)
         loss.backward()
@@ -313,3 +329,161 @@ def test_same_average_pool_matches_tensorflow_semantics() -> None:
     expected = torch.tensor([[3.0, 4.0, 4.5], [6.0, 7.0, 7.5], [7.5, 8.5, 9.0]]).reshape(1, 1, 3, 3)
     torch.testing.assert_close(avg_pool_same(x, 2), expected)
     assert avg_pool_same(x, 3).shape == x.shape
+
+
+# --------------------------------------------------------------------------------------------------
+# hybrid (John William et al., KiDS bright)
+
+
+def test_magnitude_statistics_ignore_missing_values() -> None:
+    mags = np.array([[18.0, 99.0], [20.0, 21.0], [np.nan, 23.0], [22.0, 95.0]])
+    mean, std = magnitude_statistics(mags)
+    np.testing.assert_allclose(mean, [20.0, 22.0])
+    np.testing.assert_allclose(std, [np.std([18, 20, 22]), 1.0])
+
+
+def test_hybrid_missing_magnitudes_are_masked() -> None:
+    """NaN and 99 give finite outputs; the mask alone (same standardised value) changes the output."""
+    torch.manual_seed(0)
+    model = create_model("hybrid", n_bands=4, image_size=20, n_mags=3).eval()
+    model.set_mag_normalization([20.0, 20.5, 21.0], [1.0, 1.5, 2.0])
+    images = torch.randn(4, 4, 20, 20)
+    mags = torch.tensor(
+        [[19.0, 20.0, 21.0], [float("nan"), 20.0, 21.0], [99.0, 20.0, 21.0], [20.0, 20.0, 21.0]]
+    )
+    encoded = model.mag_net.inputs(mags)
+    assert torch.isfinite(encoded).all()
+    # standardised (m - mean) / std with missing -> 0, then the observed mask
+    torch.testing.assert_close(encoded[0], torch.tensor([-1.0, -1 / 3, 0.0, 1.0, 1.0, 1.0]))
+    torch.testing.assert_close(encoded[1], torch.tensor([0.0, -1 / 3, 0.0, 0.0, 1.0, 1.0]))
+    assert torch.equal(encoded[1], encoded[2])  # NaN and the 99 sentinel are the same thing
+    with torch.no_grad():
+        out = model(images, mags=mags)
+    assert torch.isfinite(out).all()
+    # rows 2 and 3 differ only in the mask: 99 (missing) vs 20.0 (observed, standardised to 0)
+    with torch.no_grad():
+        same_images = model(images[[2, 2]], mags=mags[[2, 3]])
+    assert not torch.allclose(same_images[0], same_images[1])
+
+
+def test_hybrid_normalisation_lives_in_the_checkpoint() -> None:
+    model = create_model("hybrid-mags", n_mags=2)
+    model.set_mag_normalization(np.array([19.0, 20.0]), np.array([0.5, 2.0]))
+    state = model.state_dict()
+    torch.testing.assert_close(state["mag_net.mag_mean"], torch.tensor([19.0, 20.0]))
+    torch.testing.assert_close(state["mag_net.mag_std"], torch.tensor([0.5, 2.0]))
+    with pytest.raises(ValueError, match="positive"):
+        model.set_mag_normalization([19.0, 20.0], [0.5, 0.0])
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        model.set_mag_normalization([19.0, 20.0, 21.0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="no magnitude branch"):
+        create_model("hybrid-images").set_mag_normalization([0.0] * 9, [1.0] * 9)
+
+
+def test_hybrid_branches_and_heads() -> None:
+    torch.manual_seed(0)
+    images, mags = torch.randn(2, 4, 36, 36), 20 + torch.randn(2, 9)
+    both, img_only, mag_only = (create_model(n) for n in ("hybrid", "hybrid-images", "hybrid-mags"))
+    assert type(both) is type(img_only) is type(mag_only)  # one class, one branch switched off
+    assert (img_only.use_images, img_only.use_mags, mag_only.use_images, mag_only.use_mags) == (
+        True, False, False, True
+    )  # fmt: skip
+    assert img_only.mag_net is None and mag_only.cnn is None
+    assert mag_only(None, mags=mags).shape == (2, 2)
+    assert img_only(images).shape == (2, 2)
+    # the combined model's head reads both feature vectors
+    assert both.head.mlp[0].in_features == img_only.cnn.out_features + mag_only.mag_net.out_features
+    assert both.output_kind == "regression"
+    with pytest.raises(AttributeError):
+        _ = both.n_bins
+    with pytest.raises(ValueError, match="needs mags"):
+        both(images)
+    with pytest.raises(ValueError, match=r"shape \(B, 9\)"):
+        both(images, mags=mags[:, :5])
+    with pytest.raises(ValueError, match="at least one branch"):
+        create_model("hybrid", use_images=False, use_mags=False)
+    pdf = create_model("hybrid", head="pdf", n_bins=40, z_max=0.8)
+    assert pdf.output_kind == "pdf" and pdf.n_bins == 40 and pdf(images, mags=mags).shape == (2, 40)
+    with pytest.raises(ValueError, match="'pdf' or 'regression'"):
+        create_model("hybrid", head="mixture")
+
+
+def test_regression_output_is_on_the_redshift_scale() -> None:
+    """(z, log sigma) = ((z_min + z_max)/2 + r0 (z_max - z_min)/2, log((z_max - z_min)/2) + r1)."""
+    model = create_model("hybrid-mags", n_mags=2, z_min=0.1, z_max=0.5)
+    last = model.head.mlp[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.5, -1.0]))
+    out = model(None, mags=torch.tensor([[20.0, 21.0]]))
+    torch.testing.assert_close(out, torch.tensor([[0.3 + 0.5 * 0.2, math.log(0.2) - 1.0]]))
+
+
+# --------------------------------------------------------------------------------------------------
+# multimodal (Ait Ouahmed et al. 2024)
+
+
+def test_modality_bands() -> None:
+    assert modality_bands(5) == [[0, 1], [1, 2], [2, 3], [3, 4]]  # u_g, g_r, r_i, i_z
+    assert modality_bands(5, 2, 2) == [[0, 2], [1, 3], [2, 4]]  # u_r, g_i, r_z
+    assert modality_bands(5, 3, 1) == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
+    with pytest.raises(ValueError, match="cannot hold"):
+        modality_bands(2, 2, 2)
+
+
+def test_multimodal_stems_see_only_their_bands() -> None:
+    """Early fusion: each modality's parallel stem depends only on its two bands."""
+    torch.manual_seed(0)
+    model = create_model("multimodal-small", n_bands=5, image_size=16).eval()
+    assert model.n_modalities == 4 and model.stems.out_channels == 4 * model.modality_width
+    x = torch.randn(1, 5, 16, 16)
+    x_u = x.clone()
+    x_u[:, 0] += 1.0  # change the u band only: only the u_g modality may react
+    with torch.no_grad():
+        a = model.stems(x.index_select(1, model.band_index))
+        b = model.stems(x_u.index_select(1, model.band_index))
+    changed = (a - b).abs().amax(dim=(0, 2, 3)).reshape(4, model.modality_width).amax(dim=1)
+    assert changed[0] > 0 and torch.all(changed[1:] == 0)
+
+
+def test_modality_mask_and_dropout() -> None:
+    torch.manual_seed(0)
+    model = create_model("multimodal-small", n_bands=5, image_size=16, modality_dropout=0.5)
+    x, ebv = torch.randn(8, 5, 16, 16), torch.zeros(8)
+    x_u = x.clone()
+    x_u[:, 0] += 1.0
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, ebv), model(x, ebv))  # no dropout at inference
+        assert not torch.allclose(model(x, ebv), model(x_u, ebv))
+        model.set_modality_mask([False, True, True, True])  # u_g off: the u band no longer matters
+        torch.testing.assert_close(model(x, ebv), model(x_u, ebv))
+        model.set_modality_mask(None)
+        model.train()
+        assert not torch.allclose(model(x, ebv), model(x, ebv))  # random modalities dropped
+    weights = model._modality_weights(10_000, torch.device("cpu"))
+    assert weights is not None and torch.all((weights > 0).sum(dim=1) >= 1)  # never all dropped
+    torch.testing.assert_close(weights.sum(dim=1), torch.full((10_000,), 4.0))  # n / n_kept scaling
+    assert (weights == 0).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    with pytest.raises(ValueError, match="at least one True"):
+        model.set_modality_mask([False] * 4)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        create_model("multimodal-small", modality_dropout=1.0)
+
+
+def test_multimodal_forward_64x64x5() -> None:
+    """Full-size multimodal network (4 parallel 2-band stems + Table A.1 trunk) on one ugriz image."""
+    torch.manual_seed(0)
+    model = create_model("multimodal").eval()
+    assert [len(m) for m in model.modalities] == [2, 2, 2, 2] and model.stems.out_channels == 256
+    with torch.no_grad():
+        out = model(torch.randn(1, 5, 64, 64), torch.tensor([0.05]))
+    assert out.shape == (1, 180) and torch.isfinite(out).all()
+
+
+def test_multimodal_explicit_modalities() -> None:
+    model = create_model("multimodal-small", n_bands=4, image_size=16, modalities=[[0, 2], [1, 3]])
+    assert model.n_modalities == 2 and model.band_index.tolist() == [0, 2, 1, 3]
+    assert model.zpix_config["modalities"] == [[0, 2], [1, 3]]
+    with pytest.raises(ValueError, match="outside"):
+        create_model("multimodal-small", n_bands=4, modalities=[[0, 4]])

@@ -19,7 +19,7 @@ from torch import Tensor
 from zpix.models.base import PhotoZModel, check_images
 from zpix.models.heads import PASQUET2019_FC, BinnedPDFHead
 from zpix.models.inception import PASQUET2019_MODULES, PASQUET2019_POOL_AFTER, InceptionBackbone
-from zpix.models.registry import register_model
+from zpix.models.registry import register_model, register_variant
 
 
 class InceptionPDFNet(PhotoZModel):
@@ -85,24 +85,13 @@ def pasquet2019(
 SMALL_MODULES: tuple[tuple[int, int, int, int], ...] = ((16, 24, 24, 16), (24, 32, 32, 0))
 
 
-@register_model("pasquet2019-small")
-def pasquet2019_small(
-    n_bands: int = 5,
-    image_size: int = 64,
-    n_bins: int = 180,
-    z_min: float = 0.0,
-    z_max: float = 0.4,
-    use_ebv: bool = True,
-    stem_width: int = 16,
-    stem_kernel: int = 5,
-    modules: Sequence[Sequence[int]] = SMALL_MODULES,
-    pool_after: Sequence[int] = (0, 1),
-    final_pool_size: int | None = 4,
-    fc_widths: Sequence[int] = (256, 256),
-    prelu: str = "channel",
-) -> InceptionPDFNet:
-    """Reduced Pasquet et al. (2019) network for small training sets and CPUs (same options)."""
-    return InceptionPDFNet(
-        n_bands, image_size, n_bins, z_min, z_max, use_ebv, stem_width, stem_kernel,
-        modules, pool_after, final_pool_size, fc_widths, prelu,
-    )  # fmt: skip
+register_variant(
+    "pasquet2019-small",
+    "pasquet2019",
+    doc="Reduced Pasquet et al. (2019) network for small training sets and CPUs (same options).",
+    stem_width=16,
+    modules=SMALL_MODULES,
+    pool_after=(0, 1),
+    final_pool_size=4,
+    fc_widths=(256, 256),
+)

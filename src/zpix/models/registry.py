@@ -47,6 +47,28 @@ def register_model(name: str) -> Callable[[F], F]:
     return decorator
 
 
+def register_variant(name: str, base: str, doc: str = "", **defaults: Any) -> None:
+    """Register ``name`` as the already registered factory ``base`` with other default values.
+
+    One class and one factory, several named configurations (e.g. ``hybrid-images`` is ``hybrid``
+    with ``use_mags=False``): the variant's signature is the base's with ``defaults`` substituted.
+    """
+    base_factory = _factory(base)
+    signature = inspect.signature(base_factory)
+    unknown = sorted(set(defaults) - set(signature.parameters))
+    if unknown:
+        raise ValueError(f"model {base!r} has no option(s) {', '.join(unknown)}")
+    params = [p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()]
+
+    def factory(**kwargs: Any) -> nn.Module:
+        return base_factory(**kwargs)
+
+    factory.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    factory.__name__ = name.replace("-", "_")
+    factory.__doc__ = doc or f"Variant of {base!r} with defaults {defaults}."
+    register_model(name)(factory)
+
+
 def list_models() -> list[str]:
     """Sorted names of all registered models."""
     return sorted(_REGISTRY)
