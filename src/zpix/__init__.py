@@ -17,7 +17,7 @@ _LAZY: dict[str, str] = {
     "create_model": "zpix.models",
     "list_models": "zpix.models",
     "train": "zpix.training.api",
-    "predict": "zpix.predict",
+    "predict": "zpix.prediction",
     "simulate": "zpix.data.simulate",
 }
 

@@ -17,6 +17,11 @@ COMMANDS: dict[str, str] = {
     "report": "zpix.report.build:report_command",
     "import": "zpix.data.importers:import_command",
     "info": "zpix.data.cube_store:info_command",
+    "train": "zpix.training.commands:train_command",
+    "kfold": "zpix.training.commands:kfold_command",
+    "predict": "zpix.prediction:predict_command",
+    "cutouts": "zpix.data.cutouts:cutouts_command",
+    "sdss-frames": "zpix.data.sdss_frames:sdss_frames_command",
 }
 
 

@@ -64,19 +64,22 @@ class CubeDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        row = int(self.indices[i])
-        image = self._images().file["images"][row]
-        if self.on_bad == "zero":
-            image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
-        item = {
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-            "ebv": torch.tensor(self.ebv[row]),
-            "z": torch.tensor(self.z[row]),
-            "index": torch.tensor(row),
-        }
-        if self.mags is not None:
-            item["mags"] = torch.from_numpy(self.mags[row])
-        return item
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, positions: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A whole batch in one HDF5 read (the DataLoader calls this when it exists)."""
+        rows = self.indices[np.asarray(positions, dtype=np.int64)]
+        images = self._images().images(rows)
+        return [
+            {
+                "image": torch.from_numpy(images[k]),
+                "ebv": torch.tensor(self.ebv[row]),
+                "z": torch.tensor(self.z[row]),
+                "index": torch.tensor(row),
+                **({"mags": torch.from_numpy(self.mags[row])} if self.mags is not None else {}),
+            }
+            for k, row in enumerate(rows)
+        ]
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

@@ -1,0 +1,102 @@
+"""A run's whole description: one YAML file that is saved beside its checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zpix.pdf import RedshiftGrid
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (Pasquet et al. 2019, Sect. 3; defaults follow the paper
+    where it states them: cross-entropy over 180 bins on 0-0.4, Adam, batch 128, dihedral augmentation,
+    80/20 train/test split, ensembles of models differing only in their seed)."""
+
+    cubes: str = ""
+    out: str = "runs/zpix"
+    model: str = "pasquet2019-small"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    # redshift grid of the PDF (classification bins, and the grid regression PDFs are drawn on)
+    n_bins: int = 180
+    z_min: float = 0.0
+    z_max: float = 0.4
+    use_ebv: bool = True
+    use_mags: bool = False
+    # data split: a test fraction held out for prediction, a validation fraction of the rest
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    max_train: int | None = None  # subsample the training set (learning curves)
+    on_bad: str = "error"
+    # optimisation
+    loss: str = "auto"  # auto: cross-entropy for PDF heads, Huber (+ Gaussian NLL for sigma) for regression
+    huber_delta: float = 1e-4  # John William et al. chose 1e-4 by trial
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    max_epochs: int = 30
+    max_steps: int = -1
+    patience: int = 5
+    augment: bool = True
+    # ensembles (Sect. 3.8): member k uses seed + k
+    ensemble: int = 1
+    seed: int = 0
+    # hardware, passed straight to Lightning
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    precision: str = "32-true"
+    strategy: str = "auto"
+    num_workers: int = 2
+    channels_last: bool = False
+    progress: bool = True
+
+    @property
+    def grid(self) -> RedshiftGrid:
+        return RedshiftGrid(self.n_bins, self.z_min, self.z_max)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {unknown}; known options: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        with open(path) as fh:
+            values = yaml.safe_load(fh) or {}
+        values = values.get("train", values)  # accept a saved run config (with a 'train' section)
+        try:
+            return cls.from_dict(values)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Write the config with the library versions, atomically."""
+        doc = {"train": self.to_dict(), "versions": library_versions(), **(extra or {})}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+        tmp.replace(path)
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("zpix", "torch", "lightning", "numpy", "h5py", "qp-prob", "galsim", "astropy"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
