@@ -346,13 +346,16 @@ def fig_trends(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure
     (z_spec, z_phot and the catalogue columns that exist: Pasquet Fig. 11, Sect. 6)."""
     trends0 = result["methods"][scores[0].name]["trends"]
     cols = [c for c in ("z_spec", "z_phot", *TREND_COLUMNS) if c in trends0]
-    n = len(cols)
-    fig = _figure(3.3 * n + 0.4, 7)
-    gs = fig.add_gridspec(3, n, height_ratios=(1.6, 1.6, 0.8))
+    per_row = 4  # wrap so that each panel stays readable at page width
+    n_blocks = int(np.ceil(len(cols) / per_row))
+    ncol = min(len(cols), per_row)
+    fig = _figure(3.3 * ncol + 0.4, 6.6 * n_blocks + 0.3)
+    gs = fig.add_gridspec(3 * n_blocks, ncol, height_ratios=(1.6, 1.6, 0.8) * n_blocks)
     for k, col in enumerate(cols):
-        ax1 = fig.add_subplot(gs[0, k])
-        ax2 = fig.add_subplot(gs[1, k], sharex=ax1)
-        ax3 = fig.add_subplot(gs[2, k], sharex=ax1)
+        blk, j = divmod(k, per_row)
+        ax1 = fig.add_subplot(gs[3 * blk, j])
+        ax2 = fig.add_subplot(gs[3 * blk + 1, j], sharex=ax1)
+        ax3 = fig.add_subplot(gs[3 * blk + 2, j], sharex=ax1)
         ax1.axhline(0, color="k", lw=0.8)
         for i, s in enumerate(scores):
             t = result["methods"][s.name]["trends"].get(col)
@@ -369,10 +372,11 @@ def fig_trends(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure
         ax2.tick_params(labelbottom=False, labelsize=8)
         ax3.tick_params(labelsize=8)
         ax3.set_xlabel(LABELS.get(col, col), fontsize=9)
-        if k == 0:
+        if j == 0:
             ax1.set_ylabel(r"mean $\Delta z$")
             ax2.set_ylabel(r"$\sigma_\mathrm{MAD}$")
             ax3.set_ylabel("N per bin")
+        if k == 0:
             ax1.legend(fontsize=7.5)
     fig.suptitle("Residuals against redshift and galaxy / observing properties (error bars: bootstrap)",
                  fontsize=10)
