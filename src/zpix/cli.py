@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "train": "zpix.training.commands:train_command",
     "kfold": "zpix.training.commands:kfold_command",
     "predict": "zpix.prediction:predict_command",
+    "demo": "zpix.demo:demo_command",
+    "models": "zpix.models.commands:models_command",
     "cutouts": "zpix.data.cutouts:cutouts_command",
     "sdss-frames": "zpix.data.sdss_frames:sdss_frames_command",
 }
