@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from zpix.training.config import TrainConfig
 
@@ -69,6 +70,12 @@ def train_command(config: str | None, sets: tuple[str, ...], **options: Any) -> 
         result = train(cfg)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
+    _report(result)
+
+
+@rank_zero_only
+def _report(result) -> None:
+    # under DDP every rank runs this command; one report is enough
     click.echo(f"run directory: {result.run_dir}")
     for ckpt in result.checkpoints:
         click.echo(f"  checkpoint: {ckpt}")

@@ -114,7 +114,8 @@ class PhotoZModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self.raw_output(batch, train=True), batch["z"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["z"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
+                 batch_size=len(batch["z"]))
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -127,9 +128,12 @@ class PhotoZModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
-        z_phot = torch.cat([a for a, _ in self._val_outputs]).cpu().numpy()
-        z_spec = torch.cat([b for _, b in self._val_outputs]).cpu().numpy()
+        z_phot = torch.cat([a for a, _ in self._val_outputs])
+        z_spec = torch.cat([b for _, b in self._val_outputs])
         self._val_outputs.clear()
+        # under DDP each rank saw a shard: score the whole validation set on every rank
+        z_phot = self.all_gather(z_phot).reshape(-1).float().cpu().numpy()
+        z_spec = self.all_gather(z_spec).reshape(-1).float().cpu().numpy()
         dz = delta_z(z_phot, z_spec)
         self.log("val_sigma_mad", sigma_mad(dz), prog_bar=True)
         self.log("val_eta", outlier_fraction(dz, 0.05))
