@@ -32,7 +32,9 @@ def preds(tmp_path_factory):
              "snr_r": rng.uniform(10, 200, n), "psf_fwhm_r": rng.uniform(0.9, 1.8, n)}
     a = write_predictions(base / "cnn", ids, gaussian_pdfs(mu, sig, GRID), GRID, zs, extra=extra, method="cnn")
     mu2 = np.clip(zs + rng.normal(0, 1.5 * sig), 0.002, 0.398)
-    b = write_predictions(base / "knn", ids[::-1], gaussian_pdfs(mu2, 1.5 * sig, GRID)[::-1], GRID, zs[::-1],
+    # the baseline on a coarser grid: every figure must draw each method on its own grid
+    coarse = RedshiftGrid(n_bins=90, z_min=0.0, z_max=0.4)
+    b = write_predictions(base / "knn", ids[::-1], gaussian_pdfs(mu2, 1.5 * sig, coarse)[::-1], coarse, zs[::-1],
                           method="knn")
     # a tiny cube store: 5 bands (u g r i z), 16x16, a galaxy brighter in the red bands;
     # only the first 500 ids have images, so some examples must show the "no image" note

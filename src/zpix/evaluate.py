@@ -174,7 +174,7 @@ def score_predictions(
     point: str = "z_mean",
     n_tomo: int = 5,
     tomo_edges: Sequence[float] | None = None,
-    chunk_size: int = 100_000,
+    chunk_size: int = 25_000,
 ) -> list[MethodScores]:
     """Per-object scores of each method on the objects that all methods share and that have a z_spec.
 
@@ -395,7 +395,7 @@ def run_evaluation(
     n_boot: int = 200,
     seed: int = 0,
     nz_requirement: float = NZ_REQUIREMENT,
-    chunk_size: int = 100_000,
+    chunk_size: int = 25_000,
 ) -> tuple[list[MethodScores], dict[str, Any]]:
     """Scores and the metrics dictionary; :func:`evaluate` and the report build on this."""
     scores = score_predictions(predictions, compare, truth, point, n_tomo, tomo_edges, chunk_size)

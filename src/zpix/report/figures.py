@@ -415,7 +415,7 @@ def fig_nz(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure:
     lines = []
     for i, s in enumerate(scores):
         nz = result["methods"][s.name]["nz"]["overall"]
-        ax.plot(grid.centers, nz["nz_stack"], color=_color(i), lw=1.6, label=f"stacked PDFs, {s.name}")
+        ax.plot(s.grid.centers, nz["nz_stack"], color=_color(i), lw=1.6, label=f"stacked PDFs, {s.name}")
         lines.append(f"{s.name}: Δ<z> = {nz['delta_mean_z']:+.4f}")
     ax.set_xlim(0, zmax)
     ax.set_xlabel(LABELS["z_spec"] + " / z")
@@ -434,7 +434,7 @@ def fig_nz(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure:
             t = result["methods"][s.name]["nz"]["tomographic"][j]
             if not t["n"]:
                 continue
-            axt.plot(grid.centers, t["nz_stack"], color=_color(i), lw=1.3)
+            axt.plot(s.grid.centers, t["nz_stack"], color=_color(i), lw=1.3)
             flag = "ok" if t["meets_requirement"] else "FAIL"
             txt.append(f"{s.name}: {t['delta_mean_z']:+.4f} {flag}")
             if i == 0:
@@ -464,11 +464,12 @@ def fig_width(scores: Sequence[MethodScores], result: dict[str, Any], eta_thresh
     fig = _figure(12, 4.2)
     ax1, ax2, ax3 = fig.subplots(1, 3)
     fracs = np.linspace(0, 0.5, 11)
+    # one range for all methods so their histograms share bins
+    hi = max(float(np.percentile(s.objects["width68"], 99.5)) for s in scores)
     for i, s in enumerate(scores):
         obj = s.objects
         w = obj["width68"].to_numpy()
         dz = obj["dz"].to_numpy()
-        hi = np.percentile(w, 99.5)
         ax1.hist(np.clip(w, 0, hi), bins=50, range=(0, hi), histtype="step", color=_color(i), lw=1.4,
                  label=f"{s.name} (N={len(w):,})")
         for m in result["methods"][s.name]["quality_cuts"].values():
