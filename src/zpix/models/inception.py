@@ -147,6 +147,20 @@ class InceptionTrunk(nn.Module):
         return self.layers(x)
 
 
+def final_pool(size: int, final_pool_size: int | None) -> tuple[nn.Module, int]:
+    """The pooling between the last maps (``size`` x ``size``) and the flatten, and its output size.
+
+    None: no pooling (Table A.1).  An integer: adaptive average pooling to at most that size -- small
+    cutouts whose maps are already smaller are left as they are.
+    """
+    if final_pool_size is None:
+        return nn.Identity(), size
+    if final_pool_size < 1:
+        raise ValueError(f"final_pool_size must be >= 1 or None, got {final_pool_size}")
+    size = min(size, int(final_pool_size))
+    return nn.AdaptiveAvgPool2d(size), size
+
+
 class InceptionBackbone(nn.Module):
     """Stem + inception trunk + (optional) final average pool + flatten: images -> feature vector.
 
@@ -176,15 +190,7 @@ class InceptionBackbone(nn.Module):
         self.n_bands, self.image_size = int(n_bands), int(image_size)
         self.stem = ConvStem(n_bands, stem_width, image_size, stem_kernel, prelu=prelu)
         self.trunk = InceptionTrunk(stem_width, self.stem.out_size, modules, pool_after, prelu)
-        size = self.trunk.out_size
-        if final_pool_size is not None:
-            if final_pool_size < 1:
-                raise ValueError(f"final_pool_size must be >= 1 or None, got {final_pool_size}")
-            # "at most": small cutouts whose maps are already smaller are left as they are
-            size = min(size, int(final_pool_size))
-            self.final_pool: nn.Module = nn.AdaptiveAvgPool2d(size)
-        else:
-            self.final_pool = nn.Identity()
+        self.final_pool, size = final_pool(self.trunk.out_size, final_pool_size)
         self.out_features = self.trunk.out_channels * size * size
 
     def forward(self, images: Tensor) -> Tensor:

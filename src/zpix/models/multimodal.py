@@ -30,7 +30,13 @@ from torch import Tensor
 
 from zpix.models.base import PhotoZModel, check_images
 from zpix.models.heads import PASQUET2019_FC, BinnedPDFHead
-from zpix.models.inception import PASQUET2019_MODULES, PASQUET2019_POOL_AFTER, ConvStem, InceptionTrunk
+from zpix.models.inception import (
+    PASQUET2019_MODULES,
+    PASQUET2019_POOL_AFTER,
+    ConvStem,
+    InceptionTrunk,
+    final_pool,
+)
 from zpix.models.networks import SMALL_MODULES
 from zpix.models.registry import register_model, register_variant
 
@@ -98,12 +104,7 @@ class MultimodalNet(PhotoZModel):
             prelu=prelu,
         )
         self.trunk = InceptionTrunk(self.stems.out_channels, self.stems.out_size, modules, pool_after, prelu)
-        size = self.trunk.out_size
-        if final_pool_size is not None:
-            size = min(size, int(final_pool_size))
-            self.final_pool: torch.nn.Module = torch.nn.AdaptiveAvgPool2d(size)
-        else:
-            self.final_pool = torch.nn.Identity()
+        self.final_pool, size = final_pool(self.trunk.out_size, final_pool_size)
         self.out_features = self.trunk.out_channels * size * size
         self.head = BinnedPDFHead(self.out_features, n_bins, z_min, z_max, fc_widths, use_ebv)
         self.register_buffer("modality_mask", torch.ones(self.n_modalities, dtype=torch.bool), persistent=False)
