@@ -22,7 +22,6 @@ COMMANDS: dict[str, str] = {
     "kfold": "zpix.training.commands:kfold_command",
     "predict": "zpix.prediction:predict_command",
     "baseline": "zpix.baselines.commands:baseline_command",
-    "baseline": "zpix.baselines.commands:baseline_command",
     "demo": "zpix.demo:demo_command",
     "models": "zpix.models.commands:models_command",
     "cutouts": "zpix.data.cutouts:cutouts_command",
