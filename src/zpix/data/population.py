@@ -246,7 +246,8 @@ def observe(cand: Mapping[str, np.ndarray], preset: SurveyPreset, rng: np.random
     in a Stripe-82-like stripe of N co-added epochs (noise / √N).  Catalogue fluxes are
     total (model-like) fluxes, dimmed by the Galactic extinction, with a Gaussian error of
     variance σ_sky² · NEA + F / (e⁻ per nmgy), where NEA = 4π(σ_psf² + σ_gal²) is the noise-equivalent
-    area of a Gaussian-approximated galaxy profile (e.g. King 1983).
+    area of the optimally weighted (model-fit) flux of a Gaussian approximation whose σ_gal gives each
+    Sérsic component its exact NEA (King 1983 for the point-source case).
     """
     p = preset
     m = len(cand["z"])
@@ -271,7 +272,11 @@ def observe(cand: Mapping[str, np.ndarray], preset: SurveyPreset, rng: np.random
     flux_true = cand["flux_bulge"] + cand["flux_disk"]
     flux_ext = flux_true * 10 ** (-0.4 * ext)
     hlr = light_weighted(cand["hlr_bulge"], cand["hlr_disk"], cand["bulge_fraction"])
-    sigma_gal = hlr / 1.1774
+    # Gaussian-equivalent width of each profile with the same noise-equivalent area
+    # NEA = (∫I)²/∫I² = 2πn Γ(2n) 2^{2n} b_n^{-2n} r_e² (Sérsic; Graham & Driver 2005 integrals):
+    # 0.86 π r_e² for de Vaucouleurs and 2.84 π r_e² for exponential, i.e. σ = 0.46 r_e and 0.84 r_e
+    sigma_gal = np.sqrt(light_weighted((0.46 * cand["hlr_bulge"]) ** 2, (0.84 * cand["hlr_disk"]) ** 2,
+                                       cand["bulge_fraction"]))
     nea = 4 * np.pi * ((mag_psf / 2.3548) ** 2 + sigma_gal[:, None] ** 2) / np.asarray(p.mag_pixel_scale) ** 2
     var = mag_sky**2 * nea + np.maximum(flux_ext, 0) / (np.asarray(p.mag_electrons_per_nmgy)[None, :] * epochs[:, None])
     sigma_f = np.sqrt(var)
