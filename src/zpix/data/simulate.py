@@ -366,7 +366,10 @@ def simulate(
     writer_kwargs = dict(bands=preset.bands, image_shape=(preset.stamp, preset.stamp),
                          pixel_scale_arcsec=preset.pixel_scale, survey=preset.name,
                          mag_names=preset.mag_names, attrs=attrs)
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    # fork where the platform has it: workers start instantly and callers need no `if __name__ ==
+    # "__main__"` guard; the pool is created before any thread (tqdm's monitor) exists
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    pool = mp.get_context(method).Pool(workers) if workers > 1 else None
     pq_writer = None
     bar = tqdm(total=n, unit="gal", desc=f"simulate {preset.name}", disable=not progress)
     try:
