@@ -340,6 +340,20 @@ def test_interrupted_run_resumes_from_finished_blocks(tmp_path: Path, monkeypatc
     assert calls == [0, 1, 2, 3]
 
 
+def test_tile_compressed_frames_read_like_plain_ones(tmp_path: Path) -> None:
+    write_frame(tmp_path / "r.fits", "r", RA0, DEC0, sources=[(RA0, DEC0, 100.0, 1.0)])
+    with fits.open(tmp_path / "r.fits") as hdul:
+        # lossless tile compression (GZIP, no quantisation) in HDU 1, as fpack writes it
+        packed = fits.CompImageHDU(hdul[0].data, header=hdul[0].header, compression_type="GZIP_1",
+                                   quantize_level=0.0)
+        fits.HDUList([fits.PrimaryHDU(), packed]).writeto(tmp_path / "packed.fits.fz")
+    cat = {"ra": [RA0], "dec": [DEC0]}
+    make_cutouts(tmp_path / "r.fits", cat, size=16, out=tmp_path / "plain.h5", progress=False)
+    make_cutouts(tmp_path / "packed.fits.fz", cat, size=16, out=tmp_path / "packed.h5", progress=False)
+    with h5py.File(tmp_path / "plain.h5") as a, h5py.File(tmp_path / "packed.h5") as b:
+        assert np.array_equal(a["images"][:], b["images"][:]) and a["images"][:].sum() > 90
+
+
 def test_worker_processes_give_the_same_cubes(tmp_path: Path) -> None:
     for band in "gr":
         # gzip-compressed frames: both workers decompress them into the shared cache

@@ -350,7 +350,8 @@ def make_cutouts(
     if not paths:
         raise CutoutError(f"no frame files match {frames!r}")
     cube_band_list = _split(cube_bands)
-    scan_key = _digest(paths, [os.path.getsize(p) if os.path.exists(p) else -1 for p in paths], band_key,
+    stats = [(os.stat(p).st_size, os.stat(p).st_mtime_ns) if os.path.exists(p) else None for p in paths]
+    scan_key = _digest(paths, stats, band_key,
                        band_map, hdu, cube_band_list, weight_hdu, weight_suffix)
     work.mkdir(parents=True, exist_ok=True)
     scan_file = work / f"frames-{scan_key}.json"
@@ -361,7 +362,8 @@ def make_cutouts(
     else:
         frame_list, skipped = scan_frames(paths, band_key=band_key, band_map=band_map, hdu=hdu,
                                           cube_bands=cube_band_list, weight_hdu=weight_hdu,
-                                          weight_suffix=weight_suffix)
+                                          weight_suffix=weight_suffix, workers=workers,
+                                          progress=progress and len(paths) > 100)
         tmp = scan_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"frames": [asdict(f) for f in frame_list], "skipped": skipped}))
         os.replace(tmp, scan_file)

@@ -26,6 +26,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO
 
@@ -202,6 +203,8 @@ def scan_frames(
     cube_bands: Sequence[str] | None = None,
     weight_hdu: int | None = None,
     weight_suffix: str | None = None,
+    workers: int = 1,
+    progress: bool = False,
 ) -> tuple[list[FrameInfo], list[str]]:
     """Read the headers of frames and describe every usable image plane.
 
@@ -219,6 +222,8 @@ def scan_frames(
         ``Cut_HSC.fits``, whose header has no per-plane band.
     weight_hdu, weight_suffix
         Where inverse-variance weight maps live: another HDU of the same file, or a file beside it.
+    workers
+        Processes reading headers in parallel (worth it for thousands of compressed frames).
 
     Returns
     -------
@@ -226,16 +231,43 @@ def scan_frames(
         The usable planes, and one message per file that was skipped (the run goes on without it).
     """
     mapping = _parse_band_map(band_map)
+    paths_list = expand_frame_paths(paths)
+    job = partial(_scan_safe, band_key=band_key, band_map=mapping, hdu=hdu, cube_bands=cube_bands,
+                  weight_hdu=weight_hdu, weight_suffix=weight_suffix)
+    from tqdm.auto import tqdm
+
     frames: list[FrameInfo] = []
     problems: list[str] = []
-    for path in expand_frame_paths(paths):
-        try:
-            frames.extend(_scan_one(path, band_key, mapping, hdu, cube_bands, weight_hdu, weight_suffix))
-        except FrameError as err:
-            problems.append(str(err))
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            problems.append(f"{path}: cannot read as FITS ({type(err).__name__}: {err}); skipped")
+    with tqdm(total=len(paths_list), unit="frame", desc="frame headers", disable=not progress) as bar:
+        if workers > 1 and len(paths_list) > 4 * workers:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                results = pool.map(job, paths_list, chunksize=max(1, min(64, len(paths_list) // (8 * workers))))
+                for found, problem in results:
+                    frames.extend(found)
+                    problems.extend(problem)
+                    bar.update(1)
+        else:
+            for path in paths_list:
+                found, problem = job(path)
+                frames.extend(found)
+                problems.extend(problem)
+                bar.update(1)
     return frames, problems
+
+
+def _scan_safe(path: str, **kwargs) -> tuple[list[FrameInfo], list[str]]:
+    """:func:`_scan_one` turning every failure into a message, so that one bad file never stops a scan."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _scan_one(path, **kwargs), []
+    except FrameError as err:
+        return [], [str(err)]
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        return [], [f"{path}: cannot read as FITS ({type(err).__name__}: {err}); skipped"]
 
 
 def _scan_one(
@@ -269,10 +301,11 @@ def _scan_one(
         raise FrameError(f"{path}: no FITS header found (truncated or not FITS?); skipped")
     if hdu is not None and chosen is None and not saw_image:
         raise FrameError(f"{path}: HDU {hdu} is missing or not an image; check --hdu")
+    if chosen is None and not saw_image:
+        raise FrameError(f"{path}: no image HDU (tables only, or no data); skipped")
     if chosen is None:
-        what = "no celestial WCS (CTYPE/CRVAL/CD keywords)" if saw_image else "no image HDU"
-        raise FrameError(f"{path}: {what}; it cannot be placed on the sky, skipped. "
-                         "Add an astrometric solution (e.g. astrometry.net) or pass --hdu")
+        raise FrameError(f"{path}: no celestial WCS (CTYPE/CRVAL/CD keywords); it cannot be placed on the sky, "
+                         "skipped. Add an astrometric solution (e.g. astrometry.net) or pass --hdu")
     naxis = int(header["NAXIS"])
     shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
     wcs = wcs_from_header(header)
