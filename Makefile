@@ -27,5 +27,23 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
+# `make bench`: the benchmarks of benchmarks/README.md in their own environment, because the RAIL
+# peers (pz-rail-sklearn, pz-rail-flexzboost) are never a zpix dependency.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.zpix-bench-installed
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet "torch==2.13.0" || $(BENCH_PY) -m pip install --quiet "torch>=2.3"
+	$(BENCH_PY) -m pip install --quiet -e . pz-rail-sklearn pz-rail-flexzboost
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) benchmarks/real_catalog.py
+	$(BENCH_PY) benchmarks/mock_images.py
+	$(BENCH_PY) benchmarks/speed.py
+
 clean:
 	rm -rf $(VENV) demo_output

@@ -1,0 +1,153 @@
+"""Render the results JSON files as the Markdown tables of benchmarks/README.md.
+
+    python benchmarks/tables.py            # rewrite the block between the README's result markers
+    python benchmarks/tables.py --print    # print the tables only
+
+Every number comes from ``benchmarks/results/*.json``; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS  # noqa: E402
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _head(doc: dict[str, Any]) -> str:
+    m = doc.get("machine", {})
+    where = f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, torch {m.get('torch', '?')}"
+    if m.get("gpu"):
+        where += f", {m['gpu']}"
+    return f"*{doc['date_utc'][:10]}, commit `{doc['commit']}`, {where}.*"
+
+
+def _accuracy_rows(methods: dict[str, dict[str, Any]], timings: bool = True) -> list[str]:
+    head = "| method | σ_MAD | bias | η (%) | CRPS | PIT KS |" + (" train s | predict s |" if timings else "")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, m in methods.items():
+        row = (f"| {name} | {m['sigma_mad']:.5f} | {m['bias']:+.5f} | {100 * m['eta']:.2f} | {m['crps']:.5f} "
+               f"| {m['pit_ks']:.3f} |")
+        if timings:
+            row += f" {m.get('train_s', float('nan')):.1f} | {m.get('predict_s', float('nan')):.2f} |"
+        rows.append(row)
+    return rows
+
+
+def real_table() -> list[str]:
+    doc = _load("real_catalog.json")
+    if doc is None:
+        return ["*No results yet: run `benchmarks/real_catalog.py`.*"]
+    out = [_head(doc), "", f"SDSS MGS, {doc['data']['n_train']} training / {doc['data']['n_test']} test "
+           "galaxies, 180 bins on 0-0.4, point estimate = PDF mean.", ""]
+    return out + _accuracy_rows(doc["methods"])
+
+
+def mock_table() -> list[str]:
+    doc = _load("mock_images.json")
+    if doc is None:
+        return ["*No results yet: run `benchmarks/mock_images.py`.*"]
+    mock, split = doc["mock"], doc["split"]
+    out = [_head(doc), "",
+           f"`zpix simulate` SDSS mock: N = {mock['n_objects']}, seed {mock['seed']}; split seed {split['seed']}: "
+           f"{split['n_test']} test, {split['n_val']} validation (CNN early stopping), training sets nested "
+           f"subsets of {split['n_train_available']}. Status: {doc.get('status')}.", ""]
+    out += _accuracy_rows(doc["methods"])
+    cnn = doc["methods"].get("cnn", {})
+    if cnn:
+        cfg = cnn.get("config", {})
+        out += ["", f"CNN: `{cfg.get('model')}`, {cnn.get('n_train')} training images, {cnn.get('epochs')} epochs "
+                f"({cnn.get('steps')} steps), batch {cfg.get('batch_size')}, lr {cfg.get('lr')}, "
+                f"patience {cfg.get('patience')}."]
+    lc = doc.get("learning_curve", {})
+    sizes = [str(s) for s in lc.get("n_train", [])]
+    if sizes:
+        out += ["", "Learning curve (σ_MAD on the same test objects):", "",
+                "| n_train | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for m in ("cnn", "knn", "magnet"):
+            vals = [f"{lc[m][s]:.5f}" if s in lc.get(m, {}) else "-" for s in sizes]
+            out.append(f"| {m} | " + " | ".join(vals) + " |")
+    return out
+
+
+def speed_table(name: str) -> list[str]:
+    doc = _load(name)
+    if doc is None:
+        return [f"*No results yet ({name}).*"]
+    out = [_head(doc), "", f"Device {doc['device']}, {doc.get('torch_threads')} threads, {doc.get('precision')}; "
+           f"dense matmul roof **{doc['matmul_gflops']:.1f} GFLOP/s**.", "",
+           "| model | GFLOP/img (fwd) | infer img/s | infer / roof | train img/s | train / roof | best layouts |",
+           "|---|---|---|---|---|---|---|"]
+    for model, m in doc.get("models", {}).items():
+        out.append(f"| {model} | {m['forward_gflops_per_image']:.3f} | {m['infer_img_s']:.1f} (b{m['infer_batch']}) | "
+                   f"{m['infer_roof_ratio']:.0%} | {m['train_img_s']:.1f} (b{m['train_batch']}) | "
+                   f"{m['train_roof_ratio']:.0%} | {m['infer_variant']} / {m['train_variant']} |")
+    variants = doc.get("variants", {})
+    if variants:
+        out += ["", "| model | layout | infer img/s | train img/s |", "|---|---|---|---|"]
+        for model, vs in variants.items():
+            for v, r in vs.items():
+                if "error" in r:
+                    out.append(f"| {model} | {v} | failed: {r['error'][:80]} | |")
+                    continue
+                tr = f"{r['train_img_s']:.1f}" if "train_img_s" in r else "-"
+                out.append(f"| {model} | {v} | {r['infer_img_s']:.1f} | {tr} |")
+    if "loader_img_s" in doc:
+        ld = doc["loader"]
+        out += ["", f"Cube-store DataLoader: **{doc['loader_img_s']:.0f} img/s** ({ld['num_workers']} workers, batch "
+                f"{ld['batch_size']}); ratio to training img/s: "
+                + ", ".join(f"{k} {v:.1f}×" for k, v in ld["vs_train_img_s"].items()) + "."]
+    if "predict_end_to_end_ratio" in doc:
+        p = doc["predict"]
+        out += [f"`zpix predict` end to end ({p['model']}, {p['n']} objects, batch {p['batch_size']}): "
+                f"{p['img_s']:.1f} img/s = **{doc['predict_end_to_end_ratio']:.0%}** of pure inference "
+                f"({p['pure_infer_img_s']:.1f} img/s)."]
+    if doc.get("predict_peak_rss_mb"):
+        out += ["Peak RSS of `zpix predict` (" + doc["predict_rss"]["model"] + "): "
+                + ", ".join(f"{int(n):,} objects {mb:.0f} MB" for n, mb in doc["predict_peak_rss_mb"].items()) + "."]
+    return out
+
+
+def render() -> str:
+    parts = ["### Real catalogue (`real_catalog.py` → `results/real_catalog.json`)", "", *real_table(), "",
+             "### Images vs magnitudes on a mock (`mock_images.py` → `results/mock_images.json`)", "",
+             *mock_table(), "",
+             "### Speed, CPU (`speed.py` → `results/speed.json`)", "", *speed_table("speed.json")]
+    if (RESULTS / "speed_gpu.json").is_file():
+        parts += ["", "### Speed, GPU (`speed.py --device cuda` → `results/speed_gpu.json`)", "",
+                  *speed_table("speed_gpu.json")]
+    return "\n".join(parts)
+
+
+@click.command()
+@click.option("--print", "print_only", is_flag=True, help="Print the tables instead of updating the README.")
+def main(print_only: bool) -> None:
+    """Update the results block of benchmarks/README.md from results/*.json."""
+    text = render()
+    if print_only:
+        print(text)
+        return
+    readme = README.read_text()
+    if START not in readme or END not in readme:
+        raise click.ClickException(f"{README} has no {START} ... {END} block")
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
