@@ -136,6 +136,32 @@ def test_kspace_rendering_matches_galsim_drawimage():
         assert np.abs(fast[k] - ref).max() < 2e-3 * ref.max()
 
 
+def test_huge_galaxy_is_capped_without_changing_the_stamp():
+    """A nearby giant (r_e 25-40") is drawn only as far as its light reaches the stamp: same pixels as the
+    full truncated profiles drawn by GalSim."""
+    import galsim
+
+    preset = get_preset("sdss")
+    batch, _ = _chunk(n=4)
+    one = sim._slice_batch(batch, 0, 1)
+    one["hlr_bulge"][:] = 25.0
+    one["hlr_disk"][:] = 40.0
+    one["q_disk"][:] = 0.3
+    fast = sim.render_batch(one, preset, seed=0, noise=False)[0]
+    gsp = sim._gsparams()
+    parts = []
+    for part, n, trunc in (("bulge", 4, sim.BULGE_TRUNC), ("disk", 1, sim.DISK_TRUNC)):
+        prof, r_last = sim._profile(one[f"hlr_{part}"][0], one[f"q_{part}"][0], one["pa"][0], n, trunc,
+                                    one["offset"][0], gsp)
+        assert r_last == pytest.approx(trunc * one[f"hlr_{part}"][0])  # uncapped
+        parts.append((one[f"flux_{part}"][0], prof))
+    for b in (0, 2):
+        psf = galsim.Kolmogorov(fwhm=float(one["psf"][0, b]), gsparams=gsp)
+        ref = galsim.Convolve(galsim.Add([p * float(f[b]) for f, p in parts]), psf).drawImage(
+            nx=preset.stamp, ny=preset.stamp, scale=preset.pixel_scale).array
+        assert np.abs(fast[b] - ref).max() < 2e-3 * ref.max()
+
+
 def test_noiseless_flux_equals_catalogue_flux():
     """Sum of a noiseless stamp = catalogue total flux × Galactic extinction, within 1% (compact galaxies)."""
     preset = get_preset("sdss")

@@ -45,12 +45,54 @@ def _gsparams():
     return galsim.GSParams(folding_threshold=1e-2, maxk_threshold=2e-3)
 
 
-def _profile(hlr: float, q: float, beta_deg: float, n: int, trunc: float, shift: np.ndarray, gsp) -> Any:
-    """Unit-flux Sérsic component, sheared to axis ratio ``q`` at position angle ``beta_deg``, shifted (arcsec)."""
-    import galsim
+def _profile(hlr: float, q: float, beta_deg: float, n: int, trunc: float, shift: np.ndarray, gsp,
+             cap: float = np.inf) -> tuple[Any, float]:
+    """Unit-flux Sérsic component, sheared to axis ratio ``q`` at position angle ``beta_deg``, shifted (arcsec).
 
-    prof = galsim.Sersic(n, half_light_radius=hlr, trunc=trunc * hlr, gsparams=gsp)
-    return prof.shear(q=float(np.clip(q, 0.05, 1.0)), beta=beta_deg * galsim.degrees).shift(*shift)
+    The physical profile is truncated at ``trunc`` × r_e.  When that is larger than ``cap`` (an
+    intrinsic radius beyond which no light can reach the stamp, even through the PSF wings) the profile
+    is drawn truncated at ``cap`` with the *same* surface brightness inside it, i.e. with flux
+    P(2n, (cap/r0)^{1/n}) / P(2n, (R_t/r0)^{1/n}) of the full one (P: regularised incomplete gamma): the
+    stamp is unchanged and very large nearby galaxies do not need huge FFTs.
+    Returns (profile, intrinsic radius of its last light).
+    """
+    import galsim
+    from scipy.special import gammainc
+
+    q = float(np.clip(q, 0.05, 1.0))
+    r_t = trunc * hlr
+    prof = galsim.Sersic(n, half_light_radius=hlr, trunc=r_t, gsparams=gsp)
+    if r_t > cap:
+        r0 = prof.scale_radius
+        frac = gammainc(2 * n, (cap / r0) ** (1 / n)) / gammainc(2 * n, (r_t / r0) ** (1 / n))
+        prof = galsim.Sersic(n, scale_radius=r0, trunc=cap, flux=float(frac), gsparams=gsp)
+        r_t = cap
+    return prof.shear(q=q, beta=beta_deg * galsim.degrees).shift(*shift), r_t
+
+
+def _components(batch: dict[str, np.ndarray], k: int, preset: SurveyPreset, gsp) -> tuple[list, float]:
+    """(per-band flux, unit-flux profile) of object ``k`` and its neighbours, and the largest extent (arcsec)."""
+    half = preset.stamp * preset.pixel_scale / 2
+    margin = 4.0 * float(batch["psf"][k].max())
+    owner = batch["nb_owner"]
+    comps: list[tuple[np.ndarray, Any]] = []
+    extent = half
+    sources = [("", k, batch["offset"][k])] + [("nb_", j, batch["nb_pos"][j]) for j in np.flatnonzero(owner == k)]
+    for prefix, row, shift in sources:
+        pa = batch["nb_pa" if prefix else "pa"][row]
+        # farthest stamp corner from this source, plus the PSF margin
+        reach = float(np.hypot(half + abs(shift[0]), half + abs(shift[1]))) + margin
+        for part, n_sersic, trunc in (("bulge", 4, BULGE_TRUNC), ("disk", 1, DISK_TRUNC)):
+            flux = batch[f"{prefix}flux_{part}"][row]
+            if not np.any(flux > 0):
+                continue
+            q = max(float(batch[f"{prefix}q_{part}"][row]), 0.05)
+            # an intrinsic radius r lands at most r/√q and at least r·√q from the centre once sheared
+            prof, r_last = _profile(batch[f"{prefix}hlr_{part}"][row], q, pa, n_sersic, trunc, shift, gsp,
+                                    cap=reach / np.sqrt(q))
+            comps.append((flux, prof))
+            extent = max(extent, r_last / np.sqrt(q) + float(np.hypot(*shift)))
+    return comps, extent + margin
 
 
 @lru_cache(maxsize=4)
@@ -91,7 +133,9 @@ def render_batch(batch: dict[str, np.ndarray], preset: SurveyPreset, seed: int, 
     PSF_b(k) × pixel(k), inverse-FFT'd: exactly GalSim's ``Convolve([Add(...), psf]).drawImage()``
     (pixel-integrated) for achromatic components, but sharing the galaxy transforms between bands.
     The FFT box is at least twice the largest component extent (truncation radius / √q + offset +
-    PSF margin), so no light folds back into the stamp.  ``noise=False`` returns the noiseless model.
+    PSF margin), so no light folds back into the stamp; profiles larger than the stamp are drawn only
+    as far as their light can reach it (see :func:`_profile`).  ``noise=False`` returns the noiseless
+    model.
     """
     import galsim
     from scipy import fft as sfft
@@ -100,23 +144,10 @@ def render_batch(batch: dict[str, np.ndarray], preset: SurveyPreset, seed: int, 
     n_obj, nb, size = len(batch["index"]), len(preset.bands), preset.stamp
     dx = preset.pixel_scale
     out = np.empty((n_obj, nb, size, size), np.float32)
-    owner = batch["nb_owner"]
     u_tab, t_tab = _kolmogorov_table()
     for k in range(n_obj):
-        comps: list[tuple[np.ndarray, Any]] = []  # (per-band flux, unit-flux profile)
-        extent = size * dx / 2
-        sources = [("", k, batch["offset"][k])] + [("nb_", j, batch["nb_pos"][j]) for j in np.flatnonzero(owner == k)]
-        for prefix, row, shift in sources:
-            pa = batch["nb_pa" if prefix else "pa"][row]
-            for part, n_sersic, trunc in (("bulge", 4, BULGE_TRUNC), ("disk", 1, DISK_TRUNC)):
-                flux = batch[f"{prefix}flux_{part}"][row]
-                if not np.any(flux > 0):
-                    continue
-                hlr, q = batch[f"{prefix}hlr_{part}"][row], batch[f"{prefix}q_{part}"][row]
-                comps.append((flux, _profile(hlr, q, pa, n_sersic, trunc, shift, gsp)))
-                extent = max(extent, trunc * hlr / np.sqrt(max(q, 0.05)) + float(np.hypot(*shift)))
-        margin = 4.0 * float(batch["psf"][k].max())
-        n_fft = sfft.next_fast_len(int(np.ceil(2 * (extent + margin) / dx)))
+        comps, extent = _components(batch, k, preset, gsp)
+        n_fft = sfft.next_fast_len(int(np.ceil(2 * extent / dx)))
         n_fft += n_fft % 2
         dk, kabs, common = _kspace(n_fft, dx)
         total = np.zeros((nb, n_fft, n_fft // 2 + 1), complex)
@@ -142,20 +173,11 @@ def render_reference(batch: dict[str, np.ndarray], preset: SurveyPreset, k: int)
     import galsim
 
     gsp = _gsparams()
-    owner = batch["nb_owner"]
-    comps = []
-    sources = [("", k, batch["offset"][k])] + [("nb_", j, batch["nb_pos"][j]) for j in np.flatnonzero(owner == k)]
-    for prefix, row, shift in sources:
-        for part, n_sersic, trunc in (("bulge", 4, BULGE_TRUNC), ("disk", 1, DISK_TRUNC)):
-            flux = batch[f"{prefix}flux_{part}"][row]
-            if np.any(flux > 0):
-                prof = _profile(batch[f"{prefix}hlr_{part}"][row], batch[f"{prefix}q_{part}"][row],
-                                batch["nb_pa" if prefix else "pa"][row], n_sersic, trunc, shift, gsp)
-                comps.append((flux, prof))
+    comps, _ = _components(batch, k, preset, gsp)
     out = np.empty((len(preset.bands), preset.stamp, preset.stamp))
     for b in range(len(preset.bands)):
         psf = galsim.Kolmogorov(fwhm=float(batch["psf"][k, b]), gsparams=gsp)
-        gal = galsim.Add([prof.withFlux(float(f[b])) for f, prof in comps])
+        gal = galsim.Add([prof * float(f[b]) for f, prof in comps])  # scales flux (a capped profile has < 1)
         out[b] = galsim.Convolve(gal, psf).drawImage(nx=preset.stamp, ny=preset.stamp, scale=preset.pixel_scale).array
     return out
 
