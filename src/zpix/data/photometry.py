@@ -7,7 +7,7 @@ and their evolution with redshift (the k-correction) follow from the spectra.
 
 For a galaxy of absolute magnitude ``M`` in the reference band ^{0.1}r (SDSS r blueshifted by
 1.1, the band of the Blanton et al. 2003 luminosity function) the apparent AB magnitude in an
-observed band ``b`` is (Hogg et al. 2002, "The K correction", Eq. 13)::
+observed band ``b`` is (Hogg et al. 2002, "The K correction")::
 
     m_b = M_{0.1r} + DM(z) + K_{b,0.1r}(z)
 
@@ -82,7 +82,7 @@ def template_spectra(repair: tuple[float, ...] | None = None) -> tuple[np.ndarra
 def _ab_weights(wave: np.ndarray, response: np.ndarray) -> np.ndarray:
     """Weights w such that ``sum(w * f_lambda(wave))`` is the band's f_nu in units of 3631 Jy.
 
-    AB definition (Oke & Gunn 1983; Hogg et al. 2002 Eq. 2) for a photon-counting detector:
+    AB definition (Oke & Gunn 1983; Hogg et al. 2002) for a photon-counting detector:
     f_nu = ∫ f_λ R λ dλ / ∫ (c/λ) R dλ, integrated with the trapezoid rule on the filter's grid.
     """
     wave = np.asarray(wave, dtype=float)
@@ -120,7 +120,7 @@ def ab_magnitudes(wave: np.ndarray, flam: np.ndarray, filters: Sequence[str]) ->
 
 
 def attenuation_curve(wave_rest: np.ndarray, tau_v: float | np.ndarray) -> np.ndarray:
-    """Transmission exp(-tau_V (λ/5500 Å)^-0.7): the ISM power law of Charlot & Fall (2000, Eq. 4).
+    """Transmission exp(-tau_V (λ/5500 Å)^-0.7): the ISM power law of Charlot & Fall (2000).
 
     Used for the inclination-dependent internal attenuation of disks (Pasquet et al. 2019 Sect. 6.2:
     inclination reddens galaxy colours).
@@ -178,7 +178,7 @@ def kcorrection_grid(
     """Tabulate K_{b,0.1r}(template, tau_V, z) by direct integration (cached per process).
 
     m_b − M = DM(z) + K with K = −2.5 log10[ F_b{f(λ/(1+z)) / (1+z)} / F_{0.1r}{f(λ)} ] (Hogg et al.
-    2002, Eq. 8 written for f_λ): the (1+z) dilution of f_λ and the bandwidth stretch are both in it.
+    2002, written for f_λ): the (1+z) dilution of f_λ and the bandwidth stretch are both in it.
     """
     wave, spectra = template_spectra(repair)
     zs = np.arange(0.0, z_max + dz / 2, dz)

@@ -2,16 +2,16 @@
 
 Physics, with sources (details and measured comparisons in ``docs/mock_survey.md``):
 
-* Luminosity function: Schechter fit of Blanton et al. (2003, ApJ 592, 819, Table 2) in ^{0.1}r,
+* Luminosity function: Schechter fit of Blanton et al. (2003, ApJ 592, 819) in ^{0.1}r,
   M* − 5 log h = −20.44, α = −1.05, φ* = 1.49e−2 h³ Mpc⁻³, with luminosity evolution Q = 1.62
-  and density evolution P = 0.18 (their Eq. 6), for H0 = 70, Ωm = 0.3 flat ΛCDM.
+  and density evolution P = 0.18, for H0 = 70, Ωm = 0.3 flat ΛCDM.
 * Galaxies fill the comoving volume dV/dz (astropy.cosmology); the flux limit then shapes n(z).
 * Type mix depends on luminosity (brighter → more early types; e.g. Baldry et al. 2004 red fraction).
   Each galaxy is a de Vaucouleurs bulge with the CWW E spectrum plus an exponential disk whose
   spectrum mixes the CWW templates (``t`` in [0, 3]): a redder bulge, i.e. colour gradients.
-* Sizes: Shen et al. (2003, MNRAS 343, 978) R50–luminosity relations, Eqs. 14-16 and Table 1
+* Sizes: Shen et al. (2003, MNRAS 343, 978) R50–luminosity fits
   (early: a = 0.65, b = −5.06; late: α = 0.21, β = 0.53, γ = −1.31, M0 = −20.52), with their
-  luminosity-dependent log-normal scatter (Eq. 16).
+  luminosity-dependent log-normal scatter.
 * Inclination: random orientation (cos i uniform), disk thickness q0 = 0.2 (Hubble 1926 formula);
   internal attenuation of the disk A_V = γ_V log10(a/b) (Giovanelli et al. 1994; Masters et al. 2010)
   with the Charlot & Fall (2000) λ^-0.7 curve in the rest frame: inclined disks are fainter and redder
@@ -65,7 +65,7 @@ PETRO_FRACTION = (0.82, 0.99)  # (de Vaucouleurs, exponential) flux inside the P
 AUTO_FRACTION = (0.94, 0.94)  # Kron aperture, both profiles
 # Scatter between the targeting aperture magnitude and the final catalogue photometry: SDSS targets
 # were selected on early (DR1-era) reductions, repeatable to ≈0.1 mag for extended galaxies near the
-# limit (Strauss et al. 2002 Sect. 3.2; Blanton et al. 2005 photometric re-calibration).
+# limit (Strauss et al. 2002; the photometry was re-calibrated in later data releases).
 TARGETING_SIGMA = {"petrosian": 0.10, "auto": 0.05}
 _LN10_04 = 0.4 * np.log(10.0)
 
@@ -100,7 +100,7 @@ def type_probabilities(abs_mag: np.ndarray) -> np.ndarray:
 
 
 def shen2003_r50_kpc(abs_mag: np.ndarray, early: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Half-light radius (kpc) from Shen et al. (2003) Eqs. 14-16, scatter included."""
+    """Half-light radius (kpc) from the Shen et al. (2003) early/late-type fits, scatter included."""
     m = np.asarray(abs_mag, dtype=float)
     m0 = -20.52
     log_early = -0.4 * 0.65 * m - 5.06
@@ -287,7 +287,7 @@ def observe(cand: Mapping[str, np.ndarray], preset: SurveyPreset, rng: np.random
     gaps = rng.random((m, len(p.group_missing_fraction))) < np.asarray(p.group_missing_fraction)[None, :]
     observed = ~gaps[:, group] & (rng.random((m, nm)) >= np.asarray(p.mag_missing_fraction)[None, :])
     if p.mag_asinh_b is not None:
-        # SDSS catalogue magnitudes are asinh magnitudes: finite for any flux (Lupton et al. 1999, Eq. 2)
+        # SDSS catalogue magnitudes are asinh magnitudes: finite for any flux (Lupton et al. 1999)
         b = np.asarray(p.mag_asinh_b)[None, :]
         x = flux_obs * 1e-9  # maggies
         mags = -1.0857 * (np.arcsinh(x / (2 * b)) + np.log(b))

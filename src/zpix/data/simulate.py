@@ -5,7 +5,7 @@ disk with their own spectra, so each band sees its own bulge/disk flux ratio (co
 Inside one band a component's spectrum only sets its flux, so each band is drawn as a sum of two
 achromatic Sérsic profiles convolved with that band's PSF: physically the same image as GalSim's
 chromatic drawing integrated over the band, and far faster.  Profiles are truncated as in the SDSS
-model fits (de Vaucouleurs at 8 r_e, exponential at 4 r_e; Stoughton et al. 2002 Sect. 4.4.6).
+model fits (de Vaucouleurs at 8 r_e, exponential at 4 r_e; Stoughton et al. 2002).
 
 Images are in nanomaggies (m = 22.5 − 2.5 log10 f) with Galactic extinction applied, a Kolmogorov
 PSF per band and object, sky + source noise; neighbours from the deeper field population can fall

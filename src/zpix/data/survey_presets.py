@@ -131,7 +131,7 @@ SDSS = SurveyPreset(
     mag_missing_group=(0,) * 5,
     group_missing_fraction=(0.0,),
     mag_asinh_b=(1.4e-10, 0.9e-10, 1.2e-10, 1.8e-10, 7.4e-10),  # SDSS EDR paper, Stoughton et al. 2002
-    # Stripe 82 holds ~4% of the MGS (Pasquet et al. 2019 Table 2: 3 943 of 103 305 test galaxies)
+    # Stripe 82 holds ~4% of the MGS (Pasquet et al. 2019 Table 2: 3 943 of 103 306 test galaxies)
     # and stacks up to 64 epochs (Sect. 2).
     deep_fraction=0.04,
     deep_epochs=(10, 64),
@@ -161,7 +161,7 @@ def _sigma_from_depth(mag5: float, aperture_diameter: float, pixel_scale: float)
     return flux5 / (5.0 * math.sqrt(npix))
 
 
-# KiDS DR4 5σ depths in 2" apertures: u 24.23, g 25.12, r 25.02, i 23.68 (Kuijken et al. 2019, Table 1);
+# KiDS DR4 5σ depths in 2" apertures: u 24.23, g 25.12, r 25.02, i 23.68 (Kuijken et al. 2019);
 # VIKING (Edge et al. 2013; Wright et al. 2019, KiDS-VIKING-450): Z 23.1, Y 22.3, J 22.1, H 21.5, Ks 21.2.
 _KIDS_DEPTHS = (24.23, 25.12, 25.02, 23.68, 23.1, 22.3, 22.1, 21.5, 21.2)
 _KIDS_PIX = (0.2,) * 4 + (0.339,) * 5  # OmegaCAM 0.214"→0.2" coadds; VIRCAM 0.339"
