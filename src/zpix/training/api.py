@@ -85,16 +85,17 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
     checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor="val_loss", mode="min",
                                  save_top_k=1, save_last=False)
+    train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, default_root_dir=str(member_dir),
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
         enable_progress_bar=cfg.progress,
         logger=L.pytorch.loggers.CSVLogger(str(member_dir.parent / "logs"), name=member_dir.name),
-        deterministic=False, log_every_n_steps=10, enable_model_summary=False,
+        deterministic=False, log_every_n_steps=max(1, min(50, len(train_loader))), enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(module, _loader(cfg, split.train, True, seed), _loader(cfg, split.val, False, seed))
+    trainer.fit(module, train_loader, _loader(cfg, split.val, False, seed))
     seconds = time.perf_counter() - start
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan

@@ -42,7 +42,7 @@ def regression_to_pdf(out: Tensor, edges: Tensor) -> Tensor:
     probs = (cdf[:, 1:] - cdf[:, :-1]).clamp(min=0)
     total = probs.sum(dim=1, keepdim=True)
     # a Gaussian wholly off the grid: put its mass in the nearest edge bin
-    nearest = F.one_hot(torch.bucketize(mu[:, 0], edges[1:-1]), probs.shape[1]).to(probs)
+    nearest = F.one_hot(torch.bucketize(mu[:, 0].contiguous(), edges[1:-1]), probs.shape[1]).to(probs)
     return torch.where(total > 1e-12, probs / total.clamp(min=1e-12), nearest)
 
 
