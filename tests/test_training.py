@@ -45,7 +45,7 @@ def _batch(cubes, rows):
 
 def test_loss_falls_on_a_fixed_batch(toy_cubes):
     torch.manual_seed(0)
-    cfg = tiny_config(toy_cubes, "unused", augment=False)
+    cfg = tiny_config(toy_cubes, "unused", augment=False, lr_schedule="none")
     from zpix.training.api import build_module
 
     module = build_module(cfg, 5, 16, 0)
@@ -182,3 +182,16 @@ def test_cli_train_then_predict_test_split(tmp_path):
     assert len(read_predictions(tmp_path / "p")) == 20
     bad = runner.invoke(main, ["train", "--cubes", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r2")])
     assert bad.exit_code != 0 and "missing.h5 not found" in bad.output
+
+
+def test_plateau_schedule_drops_the_learning_rate(toy_cubes):
+    from zpix.training.api import build_module
+
+    module = build_module(tiny_config(toy_cubes, "unused", lr_patience=1), 5, 16, 0)
+    conf = module.configure_optimizers()
+    scheduler = conf["lr_scheduler"]["scheduler"]
+    for loss in (1.0, 1.0, 1.0, 1.0):  # no improvement: lr must fall by lr_factor
+        scheduler.step(loss)
+    assert conf["optimizer"].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.1)
+    constant = build_module(tiny_config(toy_cubes, "unused", lr_schedule="none"), 5, 16, 0)
+    assert isinstance(constant.configure_optimizers(), torch.optim.Adam)

@@ -63,7 +63,8 @@ def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -
         model_config.setdefault("n_bins", cfg.n_bins)
     return PhotoZModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss, huber_delta=cfg.huber_delta,
                         lr=cfg.lr, weight_decay=cfg.weight_decay, augment=cfg.augment,
-                        channels_last=cfg.channels_last)
+                        channels_last=cfg.channels_last, lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
+                        lr_patience=cfg.lr_patience)
 
 
 def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:

@@ -60,6 +60,9 @@ class PhotoZModule(L.LightningModule):
         weight_decay: float = 0.0,
         augment: bool = True,
         channels_last: bool = False,
+        lr_schedule: str = "none",
+        lr_factor: float = 0.1,
+        lr_patience: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -75,6 +78,8 @@ class PhotoZModule(L.LightningModule):
         ):
             raise ValueError(f"the model's bins ({self.model.n_bins} on {self.model.z_min}-{self.model.z_max}) "
                              f"differ from the run's grid {self.grid}")
+        if lr_schedule not in ("none", "plateau"):
+            raise ValueError(f"lr_schedule must be 'none' or 'plateau', not {lr_schedule!r}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
@@ -141,5 +146,11 @@ class PhotoZModule(L.LightningModule):
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self(batch)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "none":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"}}
