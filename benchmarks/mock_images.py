@@ -125,6 +125,58 @@ def run_cnn(b: Bench, tag: str, train_rows: np.ndarray, val_rows: np.ndarray, te
     return info
 
 
+def finetune_cnn(b: Bench, src: str, name: str, train_rows: np.ndarray, val_rows: np.ndarray,
+                 test_rows: np.ndarray, lr: float, epochs: int, patience: int, seed: int) -> dict[str, Any]:
+    """Continue the CNN of stage ``src`` at a lower learning rate (a one-step learning-rate drop).
+
+    The library's TrainConfig trains at a constant Adam learning rate; this stage measures what a drop
+    after the plateau buys.  It reuses PhotoZModule (its checkpoint, with ``lr`` replaced) and
+    Lightning's Trainer with the same early stopping and checkpointing as zpix.train.
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from zpix.data.dataset import CubeDataset
+    from zpix.prediction import predict
+    from zpix.training.module import PhotoZModule
+
+    if b.done(name) and not b.fresh:
+        return b.stages[name]
+    src_info = b.stages[src]
+    d = b.clear(name)
+    member = d / "run" / "member_0"
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = PhotoZModule.load_from_checkpoint(b.work / src / "run" / "member_0" / "best.ckpt", map_location="cpu",
+                                               lr=lr)
+    batch = src_info["config"]["batch_size"]
+
+    def loader(rows: np.ndarray, shuffle: bool) -> DataLoader:
+        return DataLoader(CubeDataset(b.cubes, indices=rows), batch_size=batch, shuffle=shuffle, num_workers=1,
+                          persistent_workers=True, generator=torch.Generator().manual_seed(seed), drop_last=shuffle)
+
+    ckpt = ModelCheckpoint(dirpath=member, filename="best", monitor="val_loss", mode="min", save_top_k=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, enable_progress_bar=False,
+                        callbacks=[ckpt, EarlyStopping(monitor="val_loss", patience=patience, mode="min")],
+                        logger=L.pytorch.loggers.CSVLogger(str(d / "run" / "logs"), name="member_0"),
+                        enable_model_summary=False)
+    t0 = time.perf_counter()
+    trainer.fit(module, loader(np.sort(train_rows), True), loader(val_rows, False))
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predict(d / "run", b.cubes, d / "predictions", rows=test_rows, num_workers=1, progress=False)
+    predict_s = time.perf_counter() - t0
+    config = {**src_info["config"], "finetune_from": src, "finetune_lr": lr, "finetune_max_epochs": epochs}
+    info = b.record(name, {"train_s": src_info["train_s"] + train_s, "predict_s": predict_s,
+                           "n_train": int(len(train_rows)), "n_test": int(len(test_rows)),
+                           "epochs": src_info["epochs"] + trainer.current_epoch,
+                           "steps": src_info["steps"] + trainer.global_step,
+                           "best_val_loss": float(ckpt.best_model_score), "config": config})
+    print(f"[{name}] sigma_mad {info['sigma_mad']:.5f} (+{train_s:.0f} s at lr {lr})", flush=True)
+    return info
+
+
 def epochs_for(n_train: int, max_epochs: int, image_budget: int) -> int:
     """Epochs for a training-set size: about ``image_budget`` images seen, at most ``max_epochs``.
 
@@ -150,13 +202,19 @@ def epochs_for(n_train: int, max_epochs: int, image_budget: int) -> int:
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--patience", default=4, show_default=True)
+@click.option("--finetune-epochs", default=5, show_default=True,
+              help="Epochs continued at --finetune-lr after the CNN stops (0: none).")
+@click.option("--finetune-lr", default=1e-4, show_default=True)
+@click.option("--image-budget-small", default=100_000, show_default=True,
+              help="About this many images seen by the CNN on each smaller learning-curve set.")
 @click.option("--no-learning-curve", is_flag=True, help="Only the main comparison.")
 @click.option("--fresh", is_flag=True, help="Redo every stage (default: reuse the finished ones).")
 @click.option("--results", type=click.Path(file_okay=False), default=str(RESULTS), show_default=True,
               help="Folder of mock_images.json and mock_accuracy.json.")
 def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n_val: int, sizes: str,
          model: str, epochs: int, max_epochs_small: int, lr: float, batch_size: int, patience: int,
-         no_learning_curve: bool, fresh: bool, results: str) -> None:
+         finetune_epochs: int, finetune_lr: float, image_budget_small: int, no_learning_curve: bool, fresh: bool,
+         results: str) -> None:
     """Run the image benchmark and write mock_images.json and mock_accuracy.json."""
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +243,8 @@ def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n
         "split": {"seed": seed, "n_test": int(len(test_rows)), "n_val": int(len(val_rows)),
                   "n_train_available": int(len(train_all)), "z_range": [0.0, 0.4]},
         "config": {**base_options, "epochs_main": epochs, "max_epochs_small": max_epochs_small,
-                   "image_budget_small": epochs * n_main},
+                   "image_budget_small": image_budget_small, "finetune_epochs": finetune_epochs,
+                   "finetune_lr": finetune_lr},
         "status": "running",
         "methods": {},
         "learning_curve": {"n_train": size_list, "cnn": {}, "knn": {}, "magnet": {}},
@@ -200,8 +259,13 @@ def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n
     main_rows = train_all[:n_main]
     doc["methods"].update(run_catalog_baselines(bench, str(n_main), main_rows, test_rows, seed))
     save()
-    doc["methods"]["cnn"] = run_cnn(bench, str(n_main), main_rows, val_rows, test_rows,
-                                    {**base_options, "max_epochs": epochs})
+    doc["methods"]["cnn_constant_lr"] = run_cnn(bench, str(n_main), main_rows, val_rows, test_rows,
+                                                {**base_options, "max_epochs": epochs})
+    doc["methods"]["cnn"] = doc["methods"]["cnn_constant_lr"]
+    save()
+    if finetune_epochs > 0:
+        doc["methods"]["cnn"] = finetune_cnn(bench, f"cnn_{n_main}", f"cnn_{n_main}_lrdrop", main_rows, val_rows,
+                                             test_rows, finetune_lr, finetune_epochs, patience, seed)
     for m in ("cnn", "knn", "magnet"):
         doc["learning_curve"][m][str(n_main)] = doc["methods"][m]["sigma_mad"]
     save()
@@ -214,8 +278,11 @@ def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n
             for m in ("knn", "magnet"):
                 doc["learning_curve"][m][str(n)] = base[m]["sigma_mad"]
             save()
-            e = epochs_for(n, max_epochs_small, epochs * n_main)
+            e = epochs_for(n, max_epochs_small, image_budget_small)
             cnn = run_cnn(bench, str(n), rows, val_rows, test_rows, {**base_options, "max_epochs": e})
+            if finetune_epochs > 0:
+                cnn = finetune_cnn(bench, f"cnn_{n}", f"cnn_{n}_lrdrop", rows, val_rows, test_rows, finetune_lr,
+                                   finetune_epochs, patience, seed)
             doc["learning_curve"]["cnn"][str(n)] = cnn["sigma_mad"]
             doc["learning_curve"].setdefault("details", {})[str(n)] = {"cnn": cnn, **base}
             save()
@@ -227,12 +294,16 @@ def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n
 def write_accuracy(doc: dict[str, Any], results: Path) -> None:
     """Issue 3's deliverable: CNN vs k-NN on the same test objects of the mock."""
     keys = ("sigma_mad", "bias", "eta", "crps", "pit_ks", "train_s", "predict_s", "n_train", "n_test", "epochs")
-    methods = {m: {k: doc["methods"][m][k] for k in keys if k in doc["methods"][m]} for m in ("cnn", "knn")}
+    methods = {m: {k: doc["methods"][m][k] for k in keys if k in doc["methods"][m]}
+               for m in ("cnn", "knn", "cnn_constant_lr") if m in doc["methods"]}
     cnn, knn = methods["cnn"], methods["knn"]
     acc = {
         "date_utc": doc["date_utc"], "commit": doc["commit"], "machine": doc["machine"], "mock": doc["mock"],
         "n_train": cnn["n_train"], "n_test": cnn["n_test"], "seed": doc["split"]["seed"],
-        "config": {"cnn": doc["methods"]["cnn"].get("config"), "knn": "zpix.baselines.knn defaults (k=100)",
+        "config": {"cnn": doc["methods"]["cnn"].get("config"),
+                   "cnn_note": "cnn = pasquet2019-small trained by zpix.train at a constant lr, then continued at "
+                               "finetune_lr (learning-rate drop); cnn_constant_lr = before the drop",
+                   "knn": "zpix.baselines.knn defaults (k=100, standardised r + colours)",
                    "split": doc["split"]},
         "methods": methods,
         "cnn_beats_knn_sigma_mad": bool(cnn["sigma_mad"] < knn["sigma_mad"]),

@@ -14,8 +14,8 @@
    with N, because prediction streams.
 
 Variants (``--variants``): ``base`` (fp32, NCHW, inference_mode), ``channels_last``, ``compile``
-(torch.compile), ``no_grad`` (instead of inference_mode).  The reference of Pasquet et al. (2019):
-0.21 s per forward+backward batch of 128 on a GTX Titan X, about 610 images/s.
+(torch.compile), ``compile+channels_last``, ``no_grad`` (instead of inference_mode).  The reference of
+Pasquet et al. (2019): 0.21 s per forward+backward batch of 128 on a GTX Titan X, about 610 images/s.
 
     python benchmarks/speed.py                      # CPU: benchmarks/results/speed.json
     python benchmarks/speed.py --device cuda        # GPU with bf16 autocast: speed_gpu.json
@@ -96,7 +96,7 @@ def build(name: str, device: str, variant: str) -> Any:
 
     cfg = model_config(name)
     module = PhotoZModule(name, {k: cfg[k] for k in ("n_bands", "image_size", "use_ebv")},
-                          RedshiftGrid().to_dict(), channels_last=variant == "channels_last")
+                          RedshiftGrid().to_dict(), channels_last="channels_last" in variant)
     return module.to(device)
 
 
@@ -111,12 +111,12 @@ def measure_model(name: str, device: str, variant: str, batches: list[int], roof
     n_bands, size = cfg["n_bands"], cfg["image_size"]
     flops = forward_flops(model, size, n_bands, device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    fwd = torch.compile(model) if variant == "compile" else model
+    fwd = torch.compile(model) if "compile" in variant else model
     grad_ctx = torch.no_grad if variant == "no_grad" else torch.inference_mode
     out: dict[str, Any] = {"forward_gflops_per_image": flops / 1e9, "variant": variant, "infer": {}, "train": {}}
     for b in batches:
         x = torch.randn(b, n_bands, size, size, device=device).abs()
-        if variant == "channels_last":
+        if "channels_last" in variant:
             x = x.contiguous(memory_format=torch.channels_last)
         ebv = torch.rand(b, device=device) * 0.1
         z = torch.rand(b, device=device) * 0.3
@@ -234,7 +234,7 @@ def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int) 
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--models", default=",".join(MODELS), show_default=True)
 @click.option("--batches", default=None, help="Batch sizes (default 32,64,128 on CPU; 128,256,512 on GPU).")
-@click.option("--variants", default="base,channels_last,compile,no_grad", show_default=True,
+@click.option("--variants", default="base,channels_last,compile,compile+channels_last,no_grad", show_default=True,
               help="Layouts to time; the best one per model is reported at the top level.")
 @click.option("--min-time", default=3.0, show_default=True, help="Seconds of timing per measurement.")
 @click.option("--predict-n", default=1024, show_default=True, help="Objects for the end-to-end predict rate.")
@@ -242,10 +242,12 @@ def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int) 
               help="Object counts of the peak-RSS measurement ('' to skip).")
 @click.option("--rss-model", default="pasquet2019-small", show_default=True,
               help="Model of the RSS runs (prediction memory does not depend on the network's cost).")
+@click.option("--models-only", is_flag=True, help="Only the roof and the networks (no loader / predict / RSS).")
 @click.option("--tmp", type=click.Path(file_okay=False), default=None, help="Scratch folder (default: a temp dir).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results file (default by device).")
 def main(device: str | None, threads: int | None, models: str, batches: str | None, variants: str,
-         min_time: float, predict_n: int, rss_sizes: str, rss_model: str, tmp: str | None, out: str | None) -> None:
+         min_time: float, predict_n: int, rss_sizes: str, rss_model: str, models_only: bool, tmp: str | None,
+         out: str | None) -> None:
     """Measure the roof, the networks, the loader and prediction; write speed.json (speed_gpu.json on GPU)."""
     import torch
 
@@ -298,6 +300,10 @@ def main(device: str | None, threads: int | None, models: str, batches: str | No
                 "base_train_img_s": ok.get("base", {}).get("train_img_s"),
             }
             write_json(out_path, doc)
+        if models_only:
+            doc["status"] = "models only"
+            write_json(out_path, doc)
+            return
         # the data loader against the training rate
         workers = TrainConfig().num_workers
         cubes = random_cubes(scratch / "loader.h5", 6000)

@@ -59,7 +59,12 @@ def colour_features(mags: np.ndarray, bands: Sequence[str], ref_band: str = "r")
 
 @dataclass
 class KNNConfig:
-    """Options of :class:`KNNPhotoZ` (defaults chosen on the MGS training set by cross-validation)."""
+    """Options of :class:`KNNPhotoZ`.
+
+    ``k`` and ``scale`` were chosen by 4-fold cross-validation on the SDSS MGS *training* file:
+    σ_MAD 0.0149 (raw B16 space) vs 0.0146 (standardised) at k = 100; k = 50 gave 0.0151, k = 200
+    0.0144 at twice the cost and a less local fit on small training sets.
+    """
 
     k: int = 100
     ref_band: str = "r"
