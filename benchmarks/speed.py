@@ -215,7 +215,7 @@ def predict_rate(run_dir: Path, cubes: Path, out: Path, batch_size: int, device:
     return n / (time.perf_counter() - t0)
 
 
-def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int) -> dict[str, float]:
+def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int, device: str) -> dict[str, float]:
     """Peak RSS of `zpix predict` run as a child of a fresh wrapper process (ru_maxrss of its children:
     the largest single process, i.e. the main process or its loader worker) and its wall time."""
     zpix = shutil.which("zpix", path=str(Path(sys.executable).parent)) or "zpix"
@@ -223,7 +223,7 @@ def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int) 
             "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t)")
     cmd = [sys.executable, "-c", code, zpix, "predict", str(run_dir), str(cubes), "--out", str(out),
-           "--batch-size", str(batch_size), "--num-workers", "1", "--device", "cpu", "--overwrite"]
+           "--batch-size", str(batch_size), "--num-workers", "1", "--device", device, "--overwrite"]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     kb, seconds = res.stdout.split()
     return {"peak_rss_mb": int(kb) / 1024, "seconds": float(seconds)}
@@ -328,7 +328,7 @@ def main(device: str | None, threads: int | None, models: str, batches: str | No
             doc["predict_peak_rss_mb"], doc["predict_rss"] = {}, {"model": rss_model, "batch_size": 256, "runs": {}}
             for n in [int(s) for s in rss_sizes.split(",") if s]:
                 c = random_cubes(scratch / f"rss_{n}.h5", n)
-                r = predict_peak_rss_mb(rss_run, c, scratch / f"pred_{n}", 256)
+                r = predict_peak_rss_mb(rss_run, c, scratch / f"pred_{n}", 256, device)
                 doc["predict_peak_rss_mb"][n] = r["peak_rss_mb"]
                 doc["predict_rss"]["runs"][n] = r
                 print(f"zpix predict on {n} objects: peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f} s)",

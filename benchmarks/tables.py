@@ -80,6 +80,9 @@ def mock_table() -> list[str]:
         for m in ("cnn", "knn", "magnet"):
             vals = [f"{lc[m][s]:.5f}" if s in lc.get(m, {}) else "-" for s in sizes]
             out.append(f"| {m} | " + " | ".join(vals) + " |")
+        details = {**lc.get("details", {}), sizes[-1]: {"cnn": cnn}}
+        steps = [str(details.get(s, {}).get("cnn", {}).get("steps", "-")) for s in sizes]
+        out.append("| cnn optimiser steps | " + " | ".join(steps) + " |")
     return out
 
 
