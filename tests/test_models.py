@@ -487,3 +487,20 @@ def test_multimodal_explicit_modalities() -> None:
     assert model.zpix_config["modalities"] == [[0, 2], [1, 3]]
     with pytest.raises(ValueError, match="outside"):
         create_model("multimodal-small", n_bands=4, modalities=[[0, 4]])
+
+
+def test_regression_sigma_does_not_train_the_shared_features() -> None:
+    """The log-sigma output reads detached features: its gradient reaches only its own output row."""
+    from zpix.models.heads import RegressionHead
+
+    head = RegressionHead(8, hidden=(16,))
+    features = torch.randn(4, 8, requires_grad=True)
+    head(features)[:, 1].sum().backward()
+    assert features.grad is None or torch.count_nonzero(features.grad) == 0
+    assert torch.count_nonzero(head.mlp[0].weight.grad) == 0
+    assert torch.count_nonzero(head.mlp[-1].weight.grad[1]) > 0
+    assert torch.count_nonzero(head.mlp[-1].weight.grad[0]) == 0
+    head.zero_grad()
+    features.grad = None
+    head(features)[:, 0].sum().backward()
+    assert torch.count_nonzero(features.grad) > 0
