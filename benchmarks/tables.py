@@ -53,6 +53,8 @@ def real_table() -> list[str]:
         return ["*No results yet: run `benchmarks/real_catalog.py`.*"]
     out = [_head(doc), "", f"SDSS MGS, {doc['data']['n_train']} training / {doc['data']['n_test']} test "
            "galaxies, 180 bins on 0-0.4, point estimate = PDF mean.", ""]
+    if doc.get("note"):
+        out += [f"Note: {doc['note']}; dates and commits per run in the JSON (`runs`).", ""]
     return out + _accuracy_rows(doc["methods"])
 
 
