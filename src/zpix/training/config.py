@@ -58,7 +58,7 @@ class TrainConfig:
     precision: str = "32-true"
     strategy: str = "auto"
     num_workers: int = 2
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: +14% training speed for pasquet2019 on CPU (benchmarks/speed.py)
     progress: bool = True
 
     @property
