@@ -36,8 +36,11 @@ VARIANTS: dict[str, tuple[str, bool]] = {
     "images": ("hybrid-images", False),
     "hybrid": ("hybrid", True),
 }
+#: the check for training length: the magnitudes-only network trained as many epochs as the two CNNs
+SAME_EPOCHS: dict[str, tuple[str, bool]] = {"mags_same_epochs": ("hybrid-mags", True)}
 LABELS = {"mags": "Magnitudes only (9-band dense network)", "images": "Images only (ugri Inception CNN)",
-          "hybrid": "Combined (images + magnitudes)"}
+          "hybrid": "Combined (images + magnitudes)",
+          "mags_same_epochs": "Magnitudes only, trained as many epochs as the CNNs"}
 
 #: Table 1 of John William et al. (KiDS-GAMA equatorial test sample), for reference only.
 PAPER_TABLE1 = {
@@ -131,7 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default: the config's)")
     parser.add_argument("--mags-epochs", type=int, default=None, help="max epochs of the magnitudes-only "
                         "network (default: the config's)")
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+    parser.add_argument("--same-epochs-check", action="store_true",
+                        help="also train the magnitudes-only network for --epochs (the CNNs' length) and report it "
+                        "under 'investigation'")
+    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, *SAME_EPOCHS], default=None,
                         help="train only these variants (the others must already be in --workdir)")
     parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra TrainConfig overrides for all three variants (YAML values)")
@@ -177,16 +183,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{n_total} objects, {len(rows)} with z_spec in [{base.z_min}, {base.z_max}]: "
           f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)}", flush=True)
 
+    variants = {**VARIANTS, **(SAME_EPOCHS if args.same_epochs_check else {})}
+    only = args.only if args.only is not None else list(variants)
     configs: dict[str, TrainConfig] = {}
-    for key, (model, use_mags) in VARIANTS.items():
+    for key, (model, use_mags) in variants.items():
         epochs = args.mags_epochs if key == "mags" else args.epochs
         configs[key] = replace(base, model=model, use_mags=use_mags, out=str(workdir / key),
                                max_epochs=epochs if epochs is not None else base.max_epochs)
     summaries: dict[str, dict[str, Any]] = {}
-    for key in VARIANTS:
+    for key in variants:
         cfg = configs[key]
         run_dir = Path(cfg.out)
-        if key in args.only:
+        if key in only:
             print(f"[{key}] training {cfg.model} for at most {cfg.max_epochs} epochs", flush=True)
             result = train(cfg, split=split)
             print(f"[{key}] {result.summary['members'][0]['epochs']} epochs, "
@@ -199,20 +207,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if (run_dir / "summary.json").exists() and (workdir / f"pred_{key}").exists():
             summaries[key] = json.loads((run_dir / "summary.json").read_text())
 
-    missing = [k for k in VARIANTS if k not in summaries]
+    missing = [k for k in variants if k not in summaries]
     if missing:
         print(f"not yet trained: {missing}; rerun with --only {' '.join(missing)} to finish the table", flush=True)
         return {}
-    keys = list(VARIANTS)
+    keys = list(variants)
     result = evaluate(workdir / f"pred_{keys[0]}", compare=[workdir / f"pred_{k}" for k in keys[1:]],
                       out=workdir / "metrics.json", n_boot=50, seed=args.seed)
     names = list(result["methods"])  # evaluate's names, in the order given
-    methods: dict[str, dict[str, Any]] = {}
+    scored: dict[str, dict[str, Any]] = {}
     for key, name in zip(keys, names, strict=True):
         overall = result["methods"][name]["overall"]
         member = summaries[key]["members"][0]
-        methods[key] = {
-            "model": VARIANTS[key][0],
+        scored[key] = {
+            "model": variants[key][0],
             **{ours: overall.get(theirs) for ours, theirs in METRIC_KEYS.items()},
             "n_test": overall["n"],
             "epochs": member["epochs"],
@@ -222,11 +230,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "max_epochs": configs[key].max_epochs,
             "validation_history": validation_history(Path(configs[key].out)),
         }
-    n_tests = {m["n_test"] for m in methods.values()}
+    n_tests = {m["n_test"] for m in scored.values()}
     assert len(n_tests) == 1, f"the methods were scored on different objects: {n_tests}"
+    methods = {k: scored[k] for k in VARIANTS}
+    investigation = {k: scored[k] for k in SAME_EPOCHS if k in scored}
 
-    table = format_table(methods)
-    print(format_table(methods, markdown=False), flush=True)
+    table = format_table(scored)
+    print(format_table(scored, markdown=False), flush=True)
     doc = {
         "benchmark": "kids_hybrid",
         "paper": "John William et al., Deep learning based photometric redshifts for the KiDS bright "
@@ -248,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "code": code_provenance(args.patch_file),
         "hardware": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "methods": methods,
+        "investigation": investigation,
         "paper_table1": PAPER_TABLE1,
         "table_markdown": table,
         "note": args.note,
