@@ -7,7 +7,16 @@ script reruns that comparison on a ``zpix simulate --survey kids`` mock with the
 one model class -- ``hybrid-mags``, ``hybrid-images`` and ``hybrid`` -- trained on the SAME split and
 scored on the SAME test objects with ``zpix.evaluate``:
 
-    .venv/bin/python benchmarks/kids_hybrid.py --n 20000 --seed 7 --workdir runs/kids_hybrid
+    flock /tmp/zpix-heavy.lock .venv/bin/python benchmarks/kids_hybrid.py --n 20000 --seed 7 \
+        --mags-epochs 40 --epochs 16 --finetune-epochs 8 --scratch-check
+
+The combined model is trained in two stages (``init_from``, see ``HybridNet.init_from``): its CNN
+branch starts from the trained images-only run, its magnitude branch and head from the trained
+magnitudes-only run (image columns of the head's first layer at zero, so it starts out as the
+magnitude network), then everything is fine-tuned jointly for ``--finetune-epochs`` at
+``--finetune-lr``.  ``--scratch-check`` also trains the combined model end to end from random weights
+for ``--epochs`` (``investigation.hybrid_scratch`` in the JSON), and ``--same-epochs-check`` the
+magnitude network for ``--epochs`` (``investigation.mags_same_epochs``).
 
 Writes ``benchmarks/results/kids_hybrid.json`` (top-level ``methods`` map mags/images/hybrid with
 smad, sigma_dz, mean_dz, mean_dz_raw, mse, mae, r2, ...) and prints a Table-1-like table.  The mock
@@ -30,16 +39,19 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: method key -> (registered model, does it read the magnitudes?)
+#: method key -> (registered model, does it read the magnitudes?), in training order (the combined
+#: model starts from the two single-branch runs)
 VARIANTS: dict[str, tuple[str, bool]] = {
     "mags": ("hybrid-mags", True),
     "images": ("hybrid-images", False),
     "hybrid": ("hybrid", True),
 }
-#: the check for training length: the magnitudes-only network trained as many epochs as the two CNNs
-SAME_EPOCHS: dict[str, tuple[str, bool]] = {"mags_same_epochs": ("hybrid-mags", True)}
+#: checks reported under "investigation": the combined model trained end to end from random weights,
+#: and the magnitudes-only network trained as many epochs as the CNNs
+CHECKS: dict[str, tuple[str, bool]] = {"hybrid_scratch": ("hybrid", True), "mags_same_epochs": ("hybrid-mags", True)}
 LABELS = {"mags": "Magnitudes only (9-band dense network)", "images": "Images only (ugri Inception CNN)",
-          "hybrid": "Combined (images + magnitudes)",
+          "hybrid": "Combined (images + magnitudes), two-stage",
+          "hybrid_scratch": "Combined, end to end from random weights",
           "mags_same_epochs": "Magnitudes only, trained as many epochs as the CNNs"}
 
 #: Table 1 of John William et al. (KiDS-GAMA equatorial test sample), for reference only.
@@ -89,23 +101,25 @@ def validation_history(run_dir: Path) -> list[dict[str, float]]:
              "val_smad": float(r["val_sigma_mad"])} for _, r in val.iterrows()]
 
 
-def code_provenance(patch_file: Path | None) -> dict[str, Any]:
-    """Which zpix ran: the git commit of this checkout, where the package was imported from, and any patch."""
+def code_provenance() -> dict[str, Any]:
+    """Which zpix ran: the git commit of this checkout and whether its tracked files had changes."""
     import subprocess
 
     import zpix
 
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     package = Path(zpix.__file__).resolve().parent
-    from_checkout = package.is_relative_to(ROOT / "src")
-    if not from_checkout and patch_file is None:
-        raise SystemExit(f"zpix was imported from {package}, not {ROOT / 'src'}: pass --patch-file with the diff")
-    return {"commit": commit, "zpix_imported_from": str(package) if not from_checkout else "src/zpix",
-            "patch": patch_file.read_text() if patch_file is not None else None}
+    if not package.is_relative_to(ROOT / "src"):
+        raise SystemExit(f"zpix was imported from {package}, not {ROOT / 'src'}: run with this checkout's .venv")
+
+    def git(*cmd: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(ROOT), *cmd], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
 def format_table(methods: dict[str, dict[str, Any]], markdown: bool = True) -> str:
@@ -134,17 +148,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "(default: the config's)")
     parser.add_argument("--mags-epochs", type=int, default=None, help="max epochs of the magnitudes-only "
                         "network (default: the config's)")
+    parser.add_argument("--finetune-epochs", type=int, default=8,
+                        help="epochs of joint fine-tuning of the combined model after it is fused from the "
+                        "images-only and magnitudes-only runs")
+    parser.add_argument("--finetune-lr", type=float, default=3e-4, help="peak learning rate of the fine-tuning")
+    parser.add_argument("--scratch-check", action="store_true",
+                        help="also train the combined model end to end from random weights for --epochs")
     parser.add_argument("--same-epochs-check", action="store_true",
-                        help="also train the magnitudes-only network for --epochs (the CNNs' length) and report it "
-                        "under 'investigation'")
-    parser.add_argument("--only", nargs="+", choices=[*VARIANTS, *SAME_EPOCHS], default=None,
-                        help="train only these variants (the others must already be in --workdir)")
+                        help="also train the magnitudes-only network for --epochs (the CNNs' length)")
+    parser.add_argument("--only", nargs="*", choices=[*VARIANTS, *CHECKS], default=None,
+                        help="train only these variants (the others must already be in --workdir); with no "
+                        "names, only re-score the runs that are there")
     parser.add_argument("--set", dest="sets", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra TrainConfig overrides for all three variants (YAML values)")
     parser.add_argument("--workers", type=int, default=2, help="simulation processes")
     parser.add_argument("--note", default="", help="free text stored in the JSON")
-    parser.add_argument("--patch-file", type=Path, default=None,
-                        help="a diff applied to the zpix that ran (imported from PYTHONPATH), stored in the JSON")
     args = parser.parse_args(argv)
 
     import torch
@@ -183,13 +201,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"{n_total} objects, {len(rows)} with z_spec in [{base.z_min}, {base.z_max}]: "
           f"train {len(split.train)}, val {len(split.val)}, test {len(split.test)}", flush=True)
 
-    variants = {**VARIANTS, **(SAME_EPOCHS if args.same_epochs_check else {})}
+    checks = [k for k, on in (("hybrid_scratch", args.scratch_check), ("mags_same_epochs", args.same_epochs_check))
+              if on]
+    variants = {**VARIANTS, **{k: CHECKS[k] for k in checks}}
     only = args.only if args.only is not None else list(variants)
     configs: dict[str, TrainConfig] = {}
     for key, (model, use_mags) in variants.items():
         epochs = args.mags_epochs if key == "mags" else args.epochs
         configs[key] = replace(base, model=model, use_mags=use_mags, out=str(workdir / key),
                                max_epochs=epochs if epochs is not None else base.max_epochs)
+    # stage 2 of the combined model: fused from the two single-branch runs, the magnitude run first so
+    # that it gives the head, then fine-tuned jointly
+    configs["hybrid"] = replace(configs["hybrid"], max_epochs=args.finetune_epochs, lr=args.finetune_lr,
+                                init_from=[configs["mags"].out, configs["images"].out])
     summaries: dict[str, dict[str, Any]] = {}
     for key in variants:
         cfg = configs[key]
@@ -228,12 +252,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "train_seconds": round(member["train_seconds"], 1),
             "best_val_loss": member["best_val_loss"],
             "max_epochs": configs[key].max_epochs,
+            "init_from": [str(Path(p).relative_to(workdir)) for p in configs[key].init_from],
             "validation_history": validation_history(Path(configs[key].out)),
         }
     n_tests = {m["n_test"] for m in scored.values()}
     assert len(n_tests) == 1, f"the methods were scored on different objects: {n_tests}"
     methods = {k: scored[k] for k in VARIANTS}
-    investigation = {k: scored[k] for k in SAME_EPOCHS if k in scored}
+    investigation = {k: scored[k] for k in CHECKS if k in scored}
 
     table = format_table(scored)
     print(format_table(scored, markdown=False), flush=True)
@@ -250,12 +275,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"file": str(args.config.resolve().relative_to(ROOT)) if args.config.resolve().is_relative_to(ROOT)
                    else str(args.config),
                    "overrides": overrides,
-                   "variants": {k: {"model": c.model, "use_mags": c.use_mags, "max_epochs": c.max_epochs}
+                   "variants": {k: {"model": c.model, "use_mags": c.use_mags, "max_epochs": c.max_epochs,
+                                    "lr": c.lr, "lr_schedule": c.lr_schedule,
+                                    "init_from": [str(Path(p).relative_to(workdir)) for p in c.init_from]}
                                 for k, c in configs.items()},
                    "resolved": {k: v for k, v in base.to_dict().items() if k not in ("cubes", "out")}},
         "point_estimate": "z_mean of the PDF written by zpix predict (for the regression head: N(z, sigma) "
                           "on the config's grid)",
-        "code": code_provenance(args.patch_file),
+        "code": code_provenance(),
         "hardware": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "methods": methods,
         "investigation": investigation,

@@ -134,7 +134,20 @@ def test_missing_magnitudes_end_to_end(kids_cubes, trained, tmp_path):
         assert np.isfinite(p.pdfs).all(), name
         z[name] = p.pdfs[0]
     np.testing.assert_allclose(z["nan"], z["sentinel"], rtol=0, atol=1e-7)
-    assert np.abs(z["nan"] - z["at_mean"]).max() > 1e-6
+    # the (z, log sigma) outputs, not the PDFs: a barely trained network's PDFs are too wide to tell
+    raw = {}
+    for name, cubes in variants.items():
+        with CubeStore(cubes) as store, torch.no_grad():
+            raw[name] = module.model(torch.from_numpy(store.images(rows)), torch.from_numpy(store.ebv[rows]),
+                                     torch.from_numpy(store.column("mags")[rows]))
+    torch.testing.assert_close(raw["nan"], raw["sentinel"])
+    assert not torch.equal(raw["nan"], raw["at_mean"])
+    # why they differ: both put 0 in the standardised slot, but only the observed one sets its mask bit
+    encoder, n = module.model.mag_net, len(KIDS_MAGS)
+    with CubeStore(variants["nan"]) as a, CubeStore(variants["at_mean"]) as b:
+        x_nan, x_mean = (encoder.inputs(torch.from_numpy(s.column("mags")[rows])) for s in (a, b))
+    assert x_nan[0, band] == 0 and abs(float(x_mean[0, band])) < 1e-5
+    assert (x_nan[0, n + band], x_mean[0, n + band]) == (0, 1)
     # every object of a store with holes everywhere (NaN and 99, whole VIKING blocks) gets a finite PDF
     holes = tmp_path / "holes.h5"
     shutil.copy(kids_cubes, holes)
@@ -164,3 +177,59 @@ def test_evaluate_gives_the_kids_metrics(trained, tmp_path):
     for key, value in expected.items():
         assert overall[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     assert (tmp_path / "metrics.json").exists()
+
+
+def _tiny_hybrid(**kw) -> torch.nn.Module:
+    torch.manual_seed(len(kw))
+    return zpix.create_model("hybrid", **{**TINY, "use_ebv": True, **kw})
+
+
+def test_fused_hybrid_starts_as_its_first_source():
+    mags, images = _tiny_hybrid(use_images=False), _tiny_hybrid(use_mags=False)
+    for model in (mags, images):  # "trained" weights: anything but the initial ones
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    mags.set_mag_normalization(np.full(9, 20.0), np.full(9, 1.5))
+    hybrid = _tiny_hybrid(use_images=True, use_mags=True)
+    copied = hybrid.init_from([mags, images])
+    assert any(k.startswith("cnn.") for k in copied) and any(k.startswith("mag_net.") for k in copied)
+    imgs, ebv = torch.randn(6, 4, 36, 36), torch.rand(6) * 0.1
+    m = torch.full((6, 9), 20.0) + torch.randn(6, 9)
+    m[0, 5:] = float("nan")  # missing NIR magnitudes go through the same masking in both models
+    with torch.no_grad():
+        torch.testing.assert_close(hybrid(imgs, ebv, m), mags(None, ebv, m))
+        torch.testing.assert_close(hybrid.cnn(imgs), images.cnn(imgs))
+    torch.testing.assert_close(hybrid.mag_net.mag_mean, torch.full((9,), 20.0))
+    # the image columns start at zero but learn at once
+    image_cols = hybrid.head.mlp[0].weight[:, hybrid.feature_columns()["cnn"]]
+    assert torch.count_nonzero(image_cols) == 0
+    hybrid(imgs, ebv, m)[:, 0].sum().backward()
+    assert hybrid.head.mlp[0].weight.grad[:, hybrid.feature_columns()["cnn"]].abs().sum() > 0
+
+
+def test_fusing_mismatched_models_is_refused():
+    mags, images = _tiny_hybrid(use_images=False), _tiny_hybrid(use_mags=False)
+    with pytest.raises(ValueError, match="lacks"):
+        _tiny_hybrid(use_images=False).init_from([images])
+    with pytest.raises(ValueError, match="head_widths"):
+        _tiny_hybrid(head_widths=[16]).init_from([mags, images])
+    with pytest.raises(ValueError, match="give this model nothing"):
+        _tiny_hybrid().init_from([mags, images, _tiny_hybrid(use_mags=False)])
+    with pytest.raises(ValueError, match="head kind"):
+        _tiny_hybrid(head="pdf").init_from([mags, images])
+
+
+def test_hybrid_fused_from_two_runs_predicts_like_the_magnitude_run(kids_cubes, tmp_path):
+    cfg = kids_config(kids_cubes, tmp_path / "mags", model="hybrid-mags")
+    split = random_split(np.arange(N_MOCK), cfg.test_fraction, cfg.val_fraction, 0)
+    mags = zpix.train(cfg, split=split)
+    images = zpix.train(replace(cfg, model="hybrid-images", use_mags=False, out=str(tmp_path / "images")), split=split)
+    # lr = 0: the fused run keeps its initial weights, i.e. the magnitude run's function
+    fused = zpix.train(replace(cfg, model="hybrid", out=str(tmp_path / "fused"), lr=0.0,
+                               init_from=[str(mags.run_dir), str(images.run_dir)]), split=split)
+    preds = {}
+    for name, run in (("mags", mags), ("fused", fused)):
+        preds[name] = read_predictions(predict(run.run_dir, kids_cubes, tmp_path / f"pred_{name}", rows=split.test,
+                                               num_workers=0, device="cpu", progress=False)).catalog
+    np.testing.assert_allclose(preds["fused"]["z_mean"], preds["mags"]["z_mean"], rtol=0, atol=1e-6)

@@ -195,3 +195,39 @@ def test_plateau_schedule_drops_the_learning_rate(toy_cubes):
     assert conf["optimizer"].param_groups[0]["lr"] == pytest.approx(3e-3 * 0.1)
     constant = build_module(tiny_config(toy_cubes, "unused", lr_schedule="none"), 5, 16, 0)
     assert isinstance(constant.configure_optimizers(), torch.optim.Adam)
+
+
+def test_cosine_schedule_follows_half_a_cosine_over_the_run(toy_cubes):
+    from types import SimpleNamespace
+
+    from zpix.training.api import build_module
+
+    module = build_module(tiny_config(toy_cubes, "unused", lr_schedule="cosine"), 5, 16, 0)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10)
+    conf = module.configure_optimizers()
+    assert conf["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(10):
+        conf["optimizer"].step()
+        conf["lr_scheduler"]["scheduler"].step()
+        lrs.append(conf["optimizer"].param_groups[0]["lr"])
+    # lr_t = lr (1 + cos(pi t / T)) / 2: half way at t = T/2, zero at the end
+    assert lrs[4] == pytest.approx(3e-3 / 2)
+    assert lrs[9] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        build_module(tiny_config(toy_cubes, "unused", lr_schedule="linear"), 5, 16, 0)
+
+
+def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
+    cubes, result = trained
+    # lr = 0: training changes nothing, so the fine-tuned run must predict exactly what member 0 predicts
+    tuned = zpix.train(tiny_config(cubes, tmp_path / "tuned", lr=0.0, max_epochs=1, lr_schedule="none",
+                                   init_from=[str(result.checkpoints[0])]), split=result.split)
+    assert tuned.summary["members"][0]["n_initialised_tensors"] > 0
+    batch = _batch(cubes, result.split.test[:16])
+    before, after = (load_ensemble(p, channels_last=False)[0] for p in (result.checkpoints[0], tuned.checkpoints[0]))
+    with torch.no_grad():
+        torch.testing.assert_close(after(batch), before(batch))
+    with pytest.raises(ValueError, match="init_from"):
+        zpix.train(tiny_config(cubes, tmp_path / "wrong", n_bins=30, max_steps=1,
+                               init_from=[str(result.checkpoints[0])]), split=result.split)

@@ -12,6 +12,8 @@ sigma).  ``model.output_kind`` says which; PDF models also expose ``n_bins``, ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
 from zpix.models.heads import BinnedPDFHead, RegressionHead
@@ -44,6 +46,25 @@ class PhotoZModel(nn.Module):
         if not isinstance(self.head, BinnedPDFHead):
             raise AttributeError("n_bins exists only for models with output_kind == 'pdf'")
         return self.head.n_bins
+
+    def init_from(self, sources: Sequence[PhotoZModel]) -> list[str]:
+        """Start from the weights of one trained model of the same architecture (fine-tuning, e.g. on
+        another survey's spectroscopy).  Returns the names of the tensors copied.
+
+        Subclasses that are built from parts (:class:`zpix.models.hybrid.HybridNet`) also accept
+        several sources, one per part.
+        """
+        if len(sources) != 1:
+            raise ValueError(f"{type(self).__name__} starts from exactly one trained model, got {len(sources)}")
+        source = sources[0].state_dict()
+        mine = self.state_dict()
+        mismatch = sorted(k for k in set(mine) | set(source)
+                          if k not in mine or k not in source or mine[k].shape != source[k].shape)
+        if mismatch:
+            raise ValueError(f"the source model's weights do not fit this {type(self).__name__} "
+                             f"(first differences: {mismatch[:5]}); build both with the same model options")
+        self.load_state_dict(source)
+        return sorted(source)
 
     def bin_centers(self) -> Tensor:
         """Mid-points of the redshift bins (PDF models only)."""

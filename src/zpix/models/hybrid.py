@@ -36,6 +36,9 @@ from zpix.models.inception import InceptionBackbone
 from zpix.models.layers import MLP
 from zpix.models.registry import register_model, register_variant
 
+#: the branches, in the order their features are concatenated for the head
+BRANCHES = ("cnn", "mag_net")
+
 #: CNN branch for 36x36 cutouts: 18x18 after the stem, two modules, 9x9, one module, pooled to 3x3.
 HYBRID_MODULES: tuple[tuple[int, int, int, int], ...] = ((32, 48, 48, 48), (48, 64, 64, 64), (64, 96, 96, 0))
 
@@ -157,6 +160,72 @@ class HybridNet(PhotoZModel):
             if name == "std" and (t <= 0).any():
                 raise ValueError(f"mag std must be positive, got {value!r}")
             buffers[name].copy_(t)
+
+    def feature_columns(self) -> dict[str, slice]:
+        """Where each input of the head sits in its first layer: [CNN features | magnitude features | E(B-V)]."""
+        columns, start = {}, 0
+        for name in BRANCHES:
+            branch = getattr(self, name)
+            if branch is not None:
+                columns[name] = slice(start, start + branch.out_features)
+                start += branch.out_features
+        if self.use_ebv:
+            columns["ebv"] = slice(start, start + 1)
+        return columns
+
+    def init_from(self, sources: Sequence[PhotoZModel]) -> list[str]:
+        """Fuse trained models into this one: the two-stage training of a hybrid.
+
+        Each branch (``cnn``, ``mag_net``) is copied from the first source that has it, so a hybrid can
+        start from a trained images-only and a trained magnitudes-only model.  The head is copied from
+        ``sources[0]``; in its first layer, ``h = W [f_cnn; f_mag; ebv] + b``, the columns of the branches
+        that ``sources[0]`` lacks start at zero.  The fused network then computes exactly what
+        ``sources[0]`` computed, and joint fine-tuning starts from that model and can only add what the
+        other branch's features know (the zero columns get gradient ``dL/dh f_cnn`` at once).
+        Returns the names of the copied tensors.
+        """
+        if not sources:
+            raise ValueError("init_from needs at least one trained model")
+        for source in sources:
+            if not isinstance(source, HybridNet):
+                raise ValueError(f"a hybrid starts only from hybrid-family models, got {type(source).__name__}")
+        donor = sources[0]
+        theirs, mine = donor.feature_columns(), self.feature_columns()
+        if not set(theirs) <= set(mine):
+            raise ValueError(f"the first source has inputs {sorted(theirs)} that this model lacks ({sorted(mine)}); "
+                             "list a source whose branches this model has first")
+        if type(donor.head) is not type(self.head) or (donor.z_min, donor.z_max) != (self.z_min, self.z_max) or (
+            self.output_kind == "pdf" and donor.n_bins != self.n_bins
+        ):
+            raise ValueError("the first source has another head kind, redshift range or binning than this model")
+        donors = {name: next(s for s in sources if getattr(s, name) is not None) for name in BRANCHES
+                  if getattr(self, name) is not None and any(getattr(s, name) is not None for s in sources)}
+        idle = [i for i, s in enumerate(sources) if all(s is not d for d in donors.values()) and i > 0]
+        if idle:
+            raise ValueError(f"source(s) {idle} give this model nothing: earlier sources already hold their branches")
+        copied: list[str] = []
+        for name, source in donors.items():
+            target = getattr(self, name)
+            try:
+                target.load_state_dict(getattr(source, name).state_dict())
+            except RuntimeError as err:
+                raise ValueError(f"the {name} branch of the source does not fit this model "
+                                 f"(build both with the same options): {err}") from err
+            copied += [f"{name}.{k}" for k in target.state_dict()]
+        head = donor.head.state_dict()
+        first = "mlp.0.weight"
+        weight = torch.zeros_like(self.head.state_dict()[first])
+        if weight.shape[0] != head[first].shape[0]:
+            raise ValueError(f"the first source's head has {head[first].shape[0]} units in its first layer, "
+                             f"this model {weight.shape[0]}: build both with the same head_widths")
+        for name, cols in theirs.items():
+            weight[:, mine[name]] = head[first][:, cols]
+        head[first] = weight
+        try:
+            self.head.load_state_dict(head)
+        except RuntimeError as err:
+            raise ValueError(f"the first source's head does not fit this model (head_widths?): {err}") from err
+        return copied + [f"head.{k}" for k in head]
 
     def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
         features = []

@@ -67,6 +67,23 @@ def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -
                         lr_patience=cfg.lr_patience)
 
 
+def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[str]:
+    """Initialise ``module.model`` from trained runs (or .ckpt files), member ``member`` (mod count) of each.
+
+    Returns the names of the tensors copied; the model decides how (see ``PhotoZModel.init_from``).
+    """
+    from zpix.prediction import checkpoint_paths
+
+    models = []
+    for source in sources:
+        paths = checkpoint_paths(source)
+        models.append(PhotoZModule.load_from_checkpoint(paths[member % len(paths)], map_location="cpu").model)
+    try:
+        return module.model.init_from(models)
+    except ValueError as err:
+        raise ValueError(f"init_from {sources}: {err}") from err
+
+
 def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
     dataset = CubeDataset(cfg.cubes, indices=rows, use_mags=cfg.use_mags, on_bad=cfg.on_bad)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
@@ -84,6 +101,8 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     module = build_module(cfg, n_bands, size, n_mags)
     if cfg.use_mags and hasattr(module.model, "set_mag_normalization"):
         module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
+    # after the normalisation: a warm-started magnitude branch keeps the statistics it was trained with
+    initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from else []
     checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor="val_loss", mode="min",
                                  save_top_k=1, save_last=False)
     train_loader = _loader(cfg, split.train, True, seed)
@@ -100,7 +119,8 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     seconds = time.perf_counter() - start
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
-    summary = {"seed": seed, "best_val_loss": best, "epochs": trainer.current_epoch, "steps": trainer.global_step,
+    summary = {"seed": seed, "init_from": list(cfg.init_from), "n_initialised_tensors": len(initialised),
+               "best_val_loss": best, "epochs": trainer.current_epoch, "steps": trainer.global_step,
                "train_seconds": seconds,
                "train_images_per_s": trainer.global_step * cfg.batch_size / max(seconds, 1e-9),
                "last_metrics": scores}

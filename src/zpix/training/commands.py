@@ -16,7 +16,8 @@ from zpix.training.config import TrainConfig
 def _resolve(config: str | None, options: dict[str, Any], sets: tuple[str, ...]) -> TrainConfig:
     cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
     values = cfg.to_dict()
-    values.update({k: v for k, v in options.items() if v is not None})
+    values.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()
+                   if v is not None and v != ()})
     known = {f.name for f in fields(TrainConfig)}
     for item in sets:
         key, sep, raw = item.partition("=")
@@ -46,6 +47,8 @@ def _common(func):
         click.option("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed."),
         click.option("--strategy", help="Lightning strategy: auto, ddp, ..."),
         click.option("--num-workers", type=int, help="DataLoader workers."),
+        click.option("--init-from", multiple=True, help="Start from a trained run or .ckpt (repeatable: a hybrid "
+                     "takes its branches from an images-only and a magnitudes-only run; the first gives the head)."),
         click.option("--set", "sets", multiple=True, help="Any other option as KEY=VALUE (repeatable)."),
     ]
     for opt in reversed(opts):

@@ -40,7 +40,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     # "plateau": multiply lr by lr_factor when val_loss has not improved for lr_patience epochs
-    # (on the 20k mock one such drop took sigma_MAD from 0.0127 to 0.0118); "none": constant lr
+    # (on the 20k mock one such drop took sigma_MAD from 0.0127 to 0.0118); "cosine": lr follows
+    # half a cosine from lr to 0 over max_epochs, step by step (for comparisons at a fixed budget);
+    # "none": constant lr
     lr_schedule: str = "plateau"
     lr_factor: float = 0.1
     lr_patience: int = 2
@@ -49,6 +51,10 @@ class TrainConfig:
     max_steps: int = -1
     patience: int = 5
     augment: bool = True
+    # warm start: run directories or .ckpt files whose weights initialise the model before training
+    # (the same architecture: fine-tuning; single-branch hybrid runs: the branches of a hybrid, see
+    # HybridNet.init_from).  Ensemble member k starts from member k (mod the count) of each run.
+    init_from: list[str] = field(default_factory=list)
     # ensembles (Sect. 3.8): member k uses seed + k
     ensemble: int = 1
     seed: int = 0

@@ -29,6 +29,7 @@ from zpix.models import create_model
 from zpix.pdf import RedshiftGrid
 
 LOG_SIGMA_MIN = float(np.log(1e-4))
+LR_SCHEDULES = ("none", "plateau", "cosine")
 
 
 def regression_to_pdf(out: Tensor, edges: Tensor) -> Tensor:
@@ -78,8 +79,8 @@ class PhotoZModule(L.LightningModule):
         ):
             raise ValueError(f"the model's bins ({self.model.n_bins} on {self.model.z_min}-{self.model.z_max}) "
                              f"differ from the run's grid {self.grid}")
-        if lr_schedule not in ("none", "plateau"):
-            raise ValueError(f"lr_schedule must be 'none' or 'plateau', not {lr_schedule!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {lr_schedule!r}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
@@ -150,6 +151,11 @@ class PhotoZModule(L.LightningModule):
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.lr_schedule == "none":
             return optimizer
+        if self.hparams.lr_schedule == "cosine":
+            # lr_t = lr (1 + cos(pi t / T)) / 2 over the T optimiser steps the Trainer will take
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.hparams.lr_factor, patience=self.hparams.lr_patience)
         return {"optimizer": optimizer,
