@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from zpix.training.splits import Split, labelled_rows, random_split
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    code = code_provenance()  # before hours of training, during which the checkout may change
     workdir = args.workdir.resolve()
     cubes = workdir / "kids.h5"
     simulate_mock(cubes, args.n, args.seed, args.workers)
@@ -290,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "resolved": {k: v for k, v in base.to_dict().items() if k not in ("cubes", "out")}},
         "point_estimate": "z_mean of the PDF written by zpix predict (for the regression head: N(z, sigma) "
                           "on the config's grid)",
-        "code": code_provenance(),
+        "code": code,
         "hardware": {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "methods": methods,
         "investigation": investigation,
