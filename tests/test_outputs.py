@@ -51,6 +51,20 @@ def test_streaming_write_roundtrips_exactly(tmp_path):
     np.testing.assert_allclose(np.vstack([c[2] for c in chunks]), p, atol=1e-13)
 
 
+def test_catalogue_row_groups_gather_many_small_chunks(tmp_path):
+    import pyarrow.parquet as pq
+
+    ids, p, zs, _ = _fake(1000)
+    with PredictionWriter(tmp_path / "pred", GRID, 1000, "cnn", row_group_rows=256) as w:
+        for s in range(0, 1000, 10):  # 100 prediction batches of 10
+            w.write(ids[s:s + 10], p[s:s + 10], zs[s:s + 10])
+    meta = pq.ParquetFile(tmp_path / "pred" / "catalog.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [256, 256, 256, 232]
+    cat = read_predictions(tmp_path / "pred").catalog
+    np.testing.assert_array_equal(cat["id"], ids)
+    np.testing.assert_array_equal(cat["z_spec"], zs)
+
+
 def test_qp_reads_the_pdf_file(tmp_path):
     import qp
 

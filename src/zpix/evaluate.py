@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from zpix import metrics as M
 from zpix.nz import NZ_REQUIREMENT, nz_compare, tomographic_edges, tomographic_index
 from zpix.outputs import KNOWN_EXTRA_COLUMNS, iter_pdfs, read_predictions
 from zpix.pdf import RedshiftGrid
+from zpix.plain_types import to_plain
 from zpix.trends import binned_trend
 
 #: Per-object columns whose trends are computed when present (Pasquet Sect. 6).
@@ -366,22 +366,6 @@ COMPARISON_KEYS = (
 )
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None  # strict JSON has no NaN
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def run_evaluation(
     predictions: str | Path,
     truth: str | Path | None = None,
@@ -448,7 +432,7 @@ def run_evaluation(
         "summary": {name: m["overall"] for name, m in methods.items()},
         "comparison": table,
     }
-    return scores, _json_safe(result)
+    return scores, to_plain(result, finite=True)
 
 
 def evaluate(
