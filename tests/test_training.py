@@ -231,3 +231,16 @@ def test_fine_tuning_starts_from_the_trained_weights(trained, tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         zpix.train(tiny_config(cubes, tmp_path / "wrong", n_bins=30, max_steps=1,
                                init_from=[str(result.checkpoints[0])]), split=result.split)
+
+
+def test_compiled_training_writes_plain_checkpoints(toy_cubes, tmp_path):
+    # the "eager" backend runs TorchDynamo's capture without needing a C++ compiler
+    result = zpix.train(tiny_config(toy_cubes, tmp_path / "run", compile="eager", max_steps=2, max_epochs=1))
+    state = torch.load(result.checkpoints[0], map_location="cpu", weights_only=False)["state_dict"]
+    assert all(k.startswith("model.") and "_orig_mod" not in k for k in state)
+    module = load_ensemble(result.run_dir)[0]
+    assert module.hparams.compile == "none"
+    eager = PhotoZModule.load_from_checkpoint(result.checkpoints[0], compile="eager").eval()
+    batch = _batch(toy_cubes, np.arange(8))
+    with torch.no_grad():
+        torch.testing.assert_close(eager.raw_output(batch), module.raw_output(batch))

@@ -45,7 +45,9 @@ def load_ensemble(model: str | os.PathLike, device: str | torch.device = "cpu",
     ``channels_last`` (NHWC) memory layout was measured 1.6x faster for pasquet2019 inference on
     CPU (benchmarks/speed.py); the numbers are the same up to float rounding.
     """
-    members = [PhotoZModule.load_from_checkpoint(p, map_location=device, channels_last=channels_last)
+    # compile is a training choice: prediction batches vary in size and would trigger recompilations
+    members = [PhotoZModule.load_from_checkpoint(p, map_location=device, channels_last=channels_last,
+                                                 compile="none")
                for p in checkpoint_paths(model)]
     grids = {RedshiftGrid.from_dict(m.hparams.grid) for m in members}
     if len(grids) != 1:

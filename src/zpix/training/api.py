@@ -64,7 +64,7 @@ def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -
     return PhotoZModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss, huber_delta=cfg.huber_delta,
                         lr=cfg.lr, weight_decay=cfg.weight_decay, augment=cfg.augment,
                         channels_last=cfg.channels_last, lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
-                        lr_patience=cfg.lr_patience)
+                        lr_patience=cfg.lr_patience, compile=cfg.compile)
 
 
 def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[str]:
@@ -77,7 +77,8 @@ def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[st
     models = []
     for source in sources:
         paths = checkpoint_paths(source)
-        models.append(PhotoZModule.load_from_checkpoint(paths[member % len(paths)], map_location="cpu").model)
+        models.append(PhotoZModule.load_from_checkpoint(paths[member % len(paths)], map_location="cpu",
+                                                        compile="none").model)
     try:
         return module.model.init_from(models)
     except ValueError as err:

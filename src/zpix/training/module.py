@@ -64,6 +64,7 @@ class PhotoZModule(L.LightningModule):
         lr_schedule: str = "none",
         lr_factor: float = 0.1,
         lr_patience: int = 2,
+        compile: str = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -83,6 +84,10 @@ class PhotoZModule(L.LightningModule):
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {lr_schedule!r}")
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # the bound forward, not the module, is compiled: a compiled module stored on self would be a
+        # second submodule and put every weight twice in the checkpoints
+        self._model_forward = self.model.forward if compile == "none" else torch.compile(self.model.forward,
+                                                                                          backend=compile)
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     # -- inference --------------------------------------------------------------------------
@@ -96,7 +101,7 @@ class PhotoZModule(L.LightningModule):
         return images, batch["ebv"], batch.get("mags")
 
     def raw_output(self, batch: dict[str, Tensor], train: bool = False) -> Tensor:
-        return self.model(*self._inputs(batch, train))
+        return self._model_forward(*self._inputs(batch, train))
 
     def probabilities(self, out: Tensor) -> Tensor:
         """Per-bin probabilities (B, n_bins) from the model's raw output."""
