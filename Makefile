@@ -44,6 +44,8 @@ bench: $(BENCH_STAMP)
 	$(BENCH_PY) benchmarks/real_catalog.py
 	$(BENCH_PY) benchmarks/mock_images.py
 	$(BENCH_PY) benchmarks/speed.py
+	$(BENCH_PY) benchmarks/kids_hybrid.py --mags-epochs 40 --epochs 16 --finetune-epochs 8 --scratch-check \
+		--same-epochs-check
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -108,7 +108,7 @@ def validation_history(run_dir: Path) -> list[dict[str, float]]:
 
 
 def code_provenance() -> dict[str, Any]:
-    """Which zpix ran: the git commit of this checkout and whether its tracked files had changes."""
+    """Which zpix ran: the git commit of this checkout and which of its tracked files had changes."""
     import subprocess
 
     import zpix
@@ -125,7 +125,8 @@ def code_provenance() -> dict[str, Any]:
             return None
 
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+    changed = [line[3:] for line in status.splitlines()] if status is not None else None
+    return {"commit": git("rev-parse", "HEAD"), "changed_files": changed}
 
 
 def format_table(methods: dict[str, dict[str, Any]], markdown: bool = True) -> str:

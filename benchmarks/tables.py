@@ -126,10 +126,23 @@ def speed_table(name: str) -> list[str]:
     return out
 
 
+def kids_table() -> list[str]:
+    doc = _load("kids_hybrid.json")
+    if doc is None:
+        return ["(not run yet)"]
+    head = (f"*{doc['created_utc'][:10]}, commit `{doc['code']['commit']}`, KiDS-like mock N = {doc['mock']['n']:,} "
+            f"(seed {doc['seed']}), {doc['n_train']:,} train / {doc['n_val']:,} val / {doc['n_test']:,} test, "
+            "the same test objects for every row; point estimate = PDF mean.*")
+    epochs = ", ".join(f"{k} {m['epochs']}" for k, m in {**doc["methods"], **doc.get("investigation", {})}.items())
+    return [head, "", doc["table_markdown"], "", f"Epochs trained: {epochs}.  See `docs/kids_hybrid.md`."]
+
+
 def render() -> str:
     parts = ["### Real catalogue (`real_catalog.py` → `results/real_catalog.json`)", "", *real_table(), "",
              "### Images vs magnitudes on a mock (`mock_images.py` → `results/mock_images.json`)", "",
              *mock_table(), "",
+             "### KiDS bright: magnitudes vs images vs both (`kids_hybrid.py` → `results/kids_hybrid.json`)", "",
+             *kids_table(), "",
              "### Speed, CPU (`speed.py` → `results/speed.json`)", "", *speed_table("speed.json")]
     if (RESULTS / "speed_gpu.json").is_file():
         parts += ["", "### Speed, GPU (`speed.py --device cuda` → `results/speed_gpu.json`)", "",
