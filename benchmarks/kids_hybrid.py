@@ -133,7 +133,7 @@ def format_table(methods: dict[str, dict[str, Any]], markdown: bool = True) -> s
     """The comparison laid out like Table 1 of John William et al. (plus MSE, MAE and R², Sect. 3)."""
     cols = [("<δz>", "mean_dz_raw", "{:+.4f}"), ("<Δz>", "mean_dz", "{:+.4f}"), ("σ(Δz)", "sigma_dz", "{:.4f}"),
             ("SMAD(Δz)", "smad", "{:.4f}"), ("MSE", "mse", "{:.5f}"), ("MAE", "mae", "{:.4f}"),
-            ("R²", "r2", "{:.4f}"), ("η(|Δz|>0.05)", "eta_0.05", "{:.2%}")]
+            ("R²", "r2", "{:.4f}"), ("η(0.05)", "eta_0.05", "{:.2%}")]
     header = ["Method", *(c[0] for c in cols)]
     rows = [[LABELS.get(k, k), *(f.format(m[key]) for _, key, f in cols)] for k, m in methods.items()]
     if markdown:
