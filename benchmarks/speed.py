@@ -316,10 +316,14 @@ def main(device: str | None, threads: int | None, models: str, batches: str | No
         name = "pasquet2019" if "pasquet2019" in doc["models"] else next(iter(doc["models"]))
         run_dir = make_run(name, scratch / f"run_{name}")
         pcubes = random_cubes(scratch / "predict.h5", predict_n)
-        pure = measure_model(name, device, "base", [256], roof["gflops"], min_time, train=False)["infer_img_s"]
-        e2e = predict_rate(run_dir, pcubes, scratch / "pred", 256, device)
+        # like with like: zpix predict loads models channels-last; its CPU default batch is 64
+        batch = 64 if device == "cpu" else 256
+        pure = measure_model(name, device, "channels_last", [batch], roof["gflops"], min_time,
+                             train=False)["infer_img_s"]
+        e2e = predict_rate(run_dir, pcubes, scratch / "pred", batch, device)
         doc["predict_end_to_end_ratio"] = e2e / pure
-        doc["predict"] = {"model": name, "n": predict_n, "batch_size": 256, "img_s": e2e, "pure_infer_img_s": pure}
+        doc["predict"] = {"model": name, "n": predict_n, "batch_size": batch, "layout": "channels_last",
+                          "img_s": e2e, "pure_infer_img_s": pure}
         print(f"predict {e2e:.1f} img/s end to end = {e2e / pure:.0%} of pure inference ({pure:.1f})", flush=True)
         write_json(out_path, doc)
         # peak memory of zpix predict against N

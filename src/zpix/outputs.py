@@ -111,7 +111,8 @@ class PredictionWriter:
         self._ens0: Any = None  # first chunk's ensemble: carries the metadata qp writes at the end
         self._pq_writer: Any = None
         self._schema_cols: list[str] | None = None
-        self._pq_pending: list[Any] = []  # catalogue chunks not yet written as a row group
+        self._pq_buffer: dict[str, np.ndarray] = {}  # catalogue rows not yet written (see _write_catalog)
+        self._pq_buffered = 0
         self._closed = False
 
     # -- context manager -------------------------------------------------------------------
@@ -140,10 +141,12 @@ class PredictionWriter:
         n = p.shape[0]
         if n == 0:
             return
-        ids = np.asarray(ids).ravel()
+        # np.array copies: the catalogue rows wait in memory for their row group, and a view would keep
+        # the caller's buffer alive with them (a DataLoader batch's shared-memory tensors, say)
+        ids = np.array(ids).ravel()
         if ids.size != n:
             raise ValueError(f"PredictionWriter.write: {n} PDFs but {ids.size} ids")
-        zs = np.full(n, np.nan) if z_spec is None else np.asarray(z_spec, dtype=np.float64).ravel()
+        zs = np.full(n, np.nan) if z_spec is None else np.array(z_spec, dtype=np.float64).ravel()
         if zs.size != n:
             raise ValueError(f"PredictionWriter.write: {n} PDFs but {zs.size} z_spec values")
         if self.n_written + n > self.n_total:
@@ -156,7 +159,7 @@ class PredictionWriter:
         for name, values in (extra or {}).items():
             if name in cols:
                 raise ValueError(f"PredictionWriter.write: extra column {name!r} clashes with a core column")
-            v = np.asarray(values)
+            v = np.array(values)
             if v.shape[:1] != (n,) or v.ndim != 1:
                 raise ValueError(
                     f"PredictionWriter.write: extra column {name!r} has shape {v.shape}, expected ({n},)"
@@ -174,29 +177,36 @@ class PredictionWriter:
         if self._pq_writer is None:
             self._schema_cols = list(cols)
             self._pq_writer = pq.ParquetWriter(self.tmp_dir / CATALOG_FILE, table.schema)
+            # Rows wait for their row group in one buffer per column, allocated once and refilled.
+            # Keeping every chunk's small arrays alive instead pinned glibc heap pages between the
+            # network's large temporaries: peak RSS 1.2-1.8 GB instead of 0.86 GB on 40k objects.
+            self._pq_buffer = {k: np.empty(self.row_group_rows, dtype=v.dtype if v.dtype.kind in "biuf" else object)
+                               for k, v in cols.items()}
         elif list(cols) != self._schema_cols:
             raise ValueError(
                 f"PredictionWriter.write: columns {list(cols)} differ from the first chunk's "
                 f"{self._schema_cols}; pass the same extra columns in every chunk"
             )
         else:
-            table = table.cast(self._pq_writer.schema)
-        self._pq_pending.append(table)
-        if sum(t.num_rows for t in self._pq_pending) >= self.row_group_rows:
-            self._flush_catalog(final=False)
+            table.cast(self._pq_writer.schema)  # raises on a column whose type cannot match the first chunk's
+        done = 0
+        while done < table.num_rows:
+            take = min(table.num_rows - done, self.row_group_rows - self._pq_buffered)
+            for name, values in cols.items():
+                self._pq_buffer[name][self._pq_buffered:self._pq_buffered + take] = values[done:done + take]
+            self._pq_buffered += take
+            done += take
+            if self._pq_buffered == self.row_group_rows:
+                self._flush_catalog()
 
-    def _flush_catalog(self, final: bool) -> None:
-        """Write the pending rows as full row groups; the remainder waits, unless ``final``."""
+    def _flush_catalog(self) -> None:
+        """Write the buffered rows as one row group."""
         import pyarrow as pa
 
-        if not self._pq_pending:
-            return
-        table = pa.concat_tables(self._pq_pending)
-        n_out = table.num_rows if final else table.num_rows // self.row_group_rows * self.row_group_rows
-        if n_out:
-            self._pq_writer.write_table(table.slice(0, n_out), row_group_size=self.row_group_rows)
-        rest = table.slice(n_out)
-        self._pq_pending = [rest] if rest.num_rows else []
+        if self._pq_buffered:
+            table = pa.table({k: b[:self._pq_buffered] for k, b in self._pq_buffer.items()})
+            self._pq_writer.write_table(table.cast(self._pq_writer.schema), row_group_size=self.row_group_rows)
+            self._pq_buffered = 0
 
     def _write_pdfs(self, p: np.ndarray, est: dict[str, np.ndarray]) -> None:
         # RAIL estimators attach zmode/zmean/zmedian as ancil; do the same so RAIL tools find them.
@@ -226,7 +236,7 @@ class PredictionWriter:
                 )
             self._ens0.finalizeHdf5Write(self._h5_file)
             self._h5_file = None
-            self._flush_catalog(final=True)
+            self._flush_catalog()
             self._pq_writer.close()
             self._pq_writer = None
             self._write_meta()
