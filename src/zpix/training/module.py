@@ -86,8 +86,7 @@ class PhotoZModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         # the bound forward, not the module, is compiled: a compiled module stored on self would be a
         # second submodule and put every weight twice in the checkpoints
-        self._model_forward = self.model.forward if compile == "none" else torch.compile(self.model.forward,
-                                                                                          backend=compile)
+        self._compiled = None if compile == "none" else torch.compile(self.model.forward, backend=compile)
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
 
     # -- inference --------------------------------------------------------------------------
@@ -101,7 +100,8 @@ class PhotoZModule(L.LightningModule):
         return images, batch["ebv"], batch.get("mags")
 
     def raw_output(self, batch: dict[str, Tensor], train: bool = False) -> Tensor:
-        return self._model_forward(*self._inputs(batch, train))
+        inputs = self._inputs(batch, train)
+        return self.model(*inputs) if self._compiled is None else self._compiled(*inputs)
 
     def probabilities(self, out: Tensor) -> Tensor:
         """Per-bin probabilities (B, n_bins) from the model's raw output."""
