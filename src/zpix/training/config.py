@@ -65,8 +65,8 @@ class TrainConfig:
     strategy: str = "auto"
     num_workers: int = 2
     channels_last: bool = True  # NHWC: +14% training speed for pasquet2019 on CPU (benchmarks/speed.py)
-    # torch.compile backend for the training forward ("inductor" took pasquet2019 CPU training to 55%
-    # of the matmul roof in benchmarks/speed.py; needs a C++ compiler), or "none"
+    # torch.compile backend for the training forward, or "none"; "inductor" with channels-last took
+    # pasquet2019 CPU training from 47% to 60% of the matmul roof (benchmarks/speed.py; needs a C++ compiler)
     compile: str = "none"
     progress: bool = True
 
