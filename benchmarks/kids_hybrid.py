@@ -8,7 +8,9 @@ one model class -- ``hybrid-mags``, ``hybrid-images`` and ``hybrid`` -- trained 
 scored on the SAME test objects with ``zpix.evaluate``:
 
     flock /tmp/zpix-heavy.lock .venv/bin/python benchmarks/kids_hybrid.py --n 20000 --seed 7 \
-        --mags-epochs 40 --epochs 16 --finetune-epochs 8 --scratch-check
+        --mags-epochs 40 --epochs 16 --finetune-epochs 8 --scratch-check --same-epochs-check
+
+(the committed results were run that way).
 
 The combined model is trained in two stages (``init_from``, see ``HybridNet.init_from``): its CNN
 branch starts from the trained images-only run, its magnitude branch and head from the trained
