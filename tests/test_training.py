@@ -244,3 +244,12 @@ def test_compiled_training_writes_plain_checkpoints(toy_cubes, tmp_path):
     batch = _batch(toy_cubes, np.arange(8))
     with torch.no_grad():
         torch.testing.assert_close(eager.raw_output(batch), module.raw_output(batch))
+
+
+def test_a_few_steps_shorter_than_an_epoch_still_give_a_checkpoint(tmp_path):
+    # 300 objects, batch 32: 6 steps per epoch; 2 steps must still be validated and checkpointed
+    cubes = write_toy_cubes(tmp_path / "toy.h5", n=300)
+    result = zpix.train(tiny_config(cubes, tmp_path / "run", max_steps=2, max_epochs=1))
+    member = result.summary["members"][0]
+    assert member["steps"] == 2 and result.checkpoints[0].is_file()
+    assert np.isfinite(member["best_val_loss"])

@@ -110,6 +110,9 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, default_root_dir=str(member_dir),
+        # a max_steps shorter than an epoch ends that epoch there, so that it is still validated and
+        # checkpointed (stopping mid-epoch would leave no val_loss and no best.ckpt)
+        limit_train_batches=min(len(train_loader), cfg.max_steps) if cfg.max_steps > 0 else None,
         callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
         enable_progress_bar=cfg.progress,
         logger=L.pytorch.loggers.CSVLogger(str(member_dir.parent / "logs"), name=member_dir.name),
