@@ -57,13 +57,11 @@ class PhotoZModel(nn.Module):
         if len(sources) != 1:
             raise ValueError(f"{type(self).__name__} starts from exactly one trained model, got {len(sources)}")
         source = sources[0].state_dict()
-        mine = self.state_dict()
-        mismatch = sorted(k for k in set(mine) | set(source)
-                          if k not in mine or k not in source or mine[k].shape != source[k].shape)
-        if mismatch:
-            raise ValueError(f"the source model's weights do not fit this {type(self).__name__} "
-                             f"(first differences: {mismatch[:5]}); build both with the same model options")
-        self.load_state_dict(source)
+        try:
+            self.load_state_dict(source)  # strict: names missing, unexpected or of another shape all raise
+        except RuntimeError as err:
+            raise ValueError(f"the source model's weights do not fit this {type(self).__name__}; build both with "
+                             f"the same model options ({err})") from err
         return sorted(source)
 
     def bin_centers(self) -> Tensor:

@@ -198,8 +198,8 @@ class HybridNet(PhotoZModel):
             self.output_kind == "pdf" and donor.n_bins != self.n_bins
         ):
             raise ValueError("the first source has another head kind, redshift range or binning than this model")
-        donors = {name: next(s for s in sources if getattr(s, name) is not None) for name in BRANCHES
-                  if getattr(self, name) is not None and any(getattr(s, name) is not None for s in sources)}
+        first_with = {name: next((s for s in sources if getattr(s, name) is not None), None) for name in BRANCHES}
+        donors = {name: s for name, s in first_with.items() if s is not None and getattr(self, name) is not None}
         idle = [i for i, s in enumerate(sources) if all(s is not d for d in donors.values()) and i > 0]
         if idle:
             raise ValueError(f"source(s) {idle} give this model nothing: earlier sources already hold their branches")
