@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared"
 
-#: The metrics every accuracy table reports (Pasquet et al. 2019 Sect. 4; see zpix.metrics).
+#: The metrics every accuracy table reports (Pasquet et al. 2019 Sect. 4; see zpix.evaluation.metrics).
 METRIC_KEYS = ("sigma_mad", "bias", "eta", "crps", "pit_ks", "coverage68", "n")
 
 
@@ -91,8 +91,8 @@ def _default(obj: Any) -> Any:
 
 def prediction_metrics(pred_dir: str | os.PathLike) -> dict[str, float]:
     """bias, σ_MAD, η, CRPS, PIT KS, 68% coverage and n of a prediction directory (z_mean, Pasquet Eq. 2)."""
-    from zpix.metrics import summary
-    from zpix.outputs import read_predictions
+    from zpix.evaluation.metrics import summary
+    from zpix.prediction.format import read_predictions
 
     p = read_predictions(pred_dir)
     z_spec = p.catalog["z_spec"].to_numpy(dtype=np.float64)

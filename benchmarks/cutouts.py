@@ -39,7 +39,7 @@ def detect(field: Path, galaxies: int = 0) -> tuple[np.ndarray, np.ndarray]:
     import sep
     from astropy.io import fits
 
-    from zpix.data.frames import wcs_from_header
+    from zpix.ingest.frames import wcs_from_header
 
     with fits.open(field / "frame-r-002583-2-0136.fits.bz2") as hdul:
         data = hdul[0].data.astype(np.float64)
@@ -84,7 +84,7 @@ def figure(path: Path) -> None:
     import matplotlib.pyplot as plt
     from astropy.visualization import AsinhStretch, ImageNormalize, make_lupton_rgb
 
-    from zpix.data.cutouts import make_cutouts
+    from zpix.ingest.cutouts import make_cutouts
 
     ra, dec = detect(FIELD, galaxies=5)
     with tempfile.TemporaryDirectory(prefix="zpix-fig-") as tmpdir:
@@ -123,7 +123,7 @@ def figure(path: Path) -> None:
 
 
 def time_run(ra: np.ndarray, dec: np.ndarray, backend: str, workers: int, tmp: Path) -> dict:
-    from zpix.data.cutouts import make_cutouts
+    from zpix.ingest.cutouts import make_cutouts
 
     out = tmp / f"{backend}-{workers}-{len(ra)}.h5"
     # CPU time too (this process and its finished worker processes): the machine is shared, so
@@ -161,7 +161,7 @@ def main() -> int:
     if args.figure is not None:
         figure(args.figure)
         return 0
-    from zpix.data.resample import find_swarp
+    from zpix.ingest.resample import find_swarp
 
     load_at_start = os.getloadavg()
     ra, dec = detect(FIELD)

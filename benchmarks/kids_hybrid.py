@@ -5,7 +5,7 @@ network on the 9 KiDS+VIKING magnitudes, Huber loss with delta = 1e-4, 70/15/15 
 magnitudes-only network (ANNz2 on the same 9 magnitudes; Table 1 and the slides' comparison).  This
 script reruns that comparison on a ``zpix simulate --survey kids`` mock with the three variants of
 one model class -- ``hybrid-mags``, ``hybrid-images`` and ``hybrid`` -- trained on the SAME split and
-scored on the SAME test objects with ``zpix.evaluate``:
+scored on the SAME test objects with ``zpix.evaluation.evaluate``:
 
     flock /tmp/zpix-heavy.lock .venv/bin/python benchmarks/kids_hybrid.py --n 20000 --seed 7 \
         --mags-epochs 40 --epochs 16 --finetune-epochs 8 --scratch-check --same-epochs-check
@@ -70,7 +70,7 @@ PAPER_TABLE1 = {
                                              "smad": 0.016},
 }
 
-#: names in our JSON -> keys of zpix.evaluate's "overall" block
+#: names in our JSON -> keys of zpix.evaluation.evaluate's "overall" block
 METRIC_KEYS = {"smad": "sigma_mad", "sigma_dz": "sigma_std", "mean_dz": "bias", "mean_dz_raw": "mean_dz_raw",
                "mse": "mse", "mae": "mae", "r2": "r2", "nmad": "nmad", "eta_0.05": "eta_0.05",
                "eta_0.15": "eta_0.15", "crps": "crps", "coverage68": "coverage68", "pit_ks": "pit_ks"}
@@ -78,8 +78,8 @@ METRIC_KEYS = {"smad": "sigma_mad", "sigma_dz": "sigma_std", "mean_dz": "bias", 
 
 def simulate_mock(cubes: Path, n: int, seed: int, workers: int) -> None:
     """``zpix simulate --survey kids`` into ``cubes`` unless it is already there (with the same n and seed)."""
-    from zpix.data.cube_store import CubeStore
-    from zpix.data.simulate import simulate
+    from zpix.mock.simulate import simulate
+    from zpix.store.cube_store import CubeStore
 
     if cubes.exists():
         with CubeStore(cubes, validate=False) as store:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=20_000, help="galaxies in the KiDS-like mock")
     parser.add_argument("--seed", type=int, default=7, help="seed of the mock, the split and the training")
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "kids_hybrid")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "kids_hybrid.yaml")
+    parser.add_argument("--config", type=Path, default=ROOT / "src" / "zpix" / "configs" / "kids_hybrid.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "kids_hybrid.json")
     parser.add_argument("--epochs", type=int, default=None, help="max epochs of the two CNN variants "
                         "(default: the config's)")
@@ -177,12 +177,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
     import yaml
 
-    from zpix.data.cube_store import CubeStore
-    from zpix.evaluate import evaluate
-    from zpix.prediction import predict
+    from zpix.evaluation.evaluate import evaluate
+    from zpix.prediction.streaming import predict
+    from zpix.runs import Split
+    from zpix.store.cube_store import CubeStore
     from zpix.training.api import train
     from zpix.training.config import TrainConfig
-    from zpix.training.splits import Split, labelled_rows, random_split
+    from zpix.training.splits import labelled_rows, random_split
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     code = code_provenance()  # before hours of training, during which the checkout may change

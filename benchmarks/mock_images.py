@@ -66,7 +66,7 @@ class Bench:
 
 def make_split(cubes: Path, seed: int, n_test: int, n_val: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labelled rows (z_spec in the 0-0.4 grid) shuffled once with ``seed``: test, validation, training."""
-    from zpix.data.cube_store import CubeStore
+    from zpix.store.cube_store import CubeStore
     from zpix.training.splits import labelled_rows
 
     with CubeStore(cubes, validate=False) as store:
@@ -100,10 +100,10 @@ def run_catalog_baselines(b: Bench, tag: str, train_rows: np.ndarray, test_rows:
 def run_cnn(b: Bench, tag: str, train_rows: np.ndarray, val_rows: np.ndarray, test_rows: np.ndarray,
             options: dict[str, Any]) -> dict[str, Any]:
     """Train ``options['model']`` on the images of ``train_rows`` and predict ``test_rows``."""
-    from zpix.prediction import predict
+    from zpix.prediction.streaming import predict
+    from zpix.runs import Split
     from zpix.training.api import train
     from zpix.training.config import TrainConfig
-    from zpix.training.splits import Split
 
     name = f"cnn_{tag}"
     if b.done(name) and not b.fresh:
@@ -138,8 +138,8 @@ def finetune_cnn(b: Bench, src: str, name: str, train_rows: np.ndarray, val_rows
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch.utils.data import DataLoader
 
-    from zpix.data.dataset import CubeDataset
-    from zpix.prediction import predict
+    from zpix.prediction.streaming import predict
+    from zpix.store.dataset import CubeDataset
     from zpix.training.module import PhotoZModule
 
     if b.done(name) and not b.fresh:
@@ -221,13 +221,13 @@ def main(cubes: str | None, n_objects: int, seed: int, work: str, n_test: int, n
     if cubes is None:
         cube_path = work_dir / f"mock_sdss_{n_objects}_seed{seed}.h5"
         if not cube_path.exists():
-            from zpix.data.simulate import simulate
+            from zpix.mock.simulate import simulate
 
             print(f"simulating {n_objects} SDSS-like galaxies (seed {seed}) -> {cube_path}", flush=True)
             simulate(n_objects, cube_path, survey="sdss", seed=seed, progress=False)
     else:
         cube_path = Path(cubes)
-    from zpix.data.cube_store import CubeStore
+    from zpix.store.cube_store import CubeStore
 
     with CubeStore(cube_path, validate=False) as store:
         n_mock, mock_seed, survey = len(store), store.attrs.get("seed"), store.survey

@@ -3,7 +3,7 @@
 The SDSS Main Galaxy Sample catalogue of MLZ (5000 training / 5000 test galaxies with spectroscopic
 redshifts and de-reddened ugriz magnitudes, ``../shared/data/real/sdss_mgs_catalog/``) is the regime
 of Pasquet et al. (2019): z < 0.3, r < 17.8.  On the same split, with the same metrics (bias, σ_MAD,
-η, CRPS, PIT KS; :mod:`zpix.metrics`, all on the 180-bin 0-0.4 grid) and timings:
+η, CRPS, PIT KS; :mod:`zpix.evaluation.metrics`, all on the 180-bin 0-0.4 grid) and timings:
 
 * ``knn``: zpix's k-NN local linear regression on r and colours (Beck et al. 2016 style),
 * ``magnet``: zpix's magnitude network (``hybrid-mags`` with the binned-PDF head, ANNz2-like),
@@ -50,8 +50,8 @@ def run_rail(method: str, train: Any, test: Any, out: Path, work: Path, seed: in
     """Inform and estimate one RAIL estimator; write its PDFs (binned on zpix's grid) to ``out``."""
     from rail.core.data import DataStore
 
-    from zpix.outputs import write_predictions
     from zpix.pdf import RedshiftGrid, from_qp
+    from zpix.prediction.format import write_predictions
 
     DataStore.allow_overwrite = True  # a rerun in the same process replaces its handles
     grid = RedshiftGrid()

@@ -156,7 +156,7 @@ def measure_model(name: str, device: str, variant: str, batches: list[int], roof
 
 def random_cubes(path: Path, n: int, size: int = 64, bands: int = 5, chunk: int = 1000) -> Path:
     """A cube store of ``n`` noise images (positive, galaxy-like values in nanomaggies); fast to write."""
-    from zpix.data.cube_store import CubeWriter
+    from zpix.store.cube_store import CubeWriter
 
     rng = np.random.default_rng(0)
     block = np.abs(rng.normal(0.05, 0.5, (chunk, bands, size, size))).astype(np.float32)
@@ -187,7 +187,7 @@ def loader_rate(cubes: Path, batch_size: int, num_workers: int, max_batches: int
     import torch
     from torch.utils.data import DataLoader
 
-    from zpix.data.dataset import CubeDataset
+    from zpix.store.dataset import CubeDataset
 
     ds = CubeDataset(cubes)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
@@ -203,9 +203,9 @@ def loader_rate(cubes: Path, batch_size: int, num_workers: int, max_batches: int
 
 
 def predict_rate(run_dir: Path, cubes: Path, out: Path, batch_size: int, device: str) -> float:
-    """Images/s of zpix.prediction.predict (reading, inference, writing) in this process."""
-    from zpix.data.cube_store import CubeStore
-    from zpix.prediction import predict
+    """Images/s of zpix.prediction.streaming.predict (reading, inference, writing) in this process."""
+    from zpix.prediction.streaming import predict
+    from zpix.store.cube_store import CubeStore
 
     with CubeStore(cubes, validate=False) as store:
         n = len(store)

@@ -1,4 +1,4 @@
-"""The dihedral group D4 of zpix.data.augment: definition, inverses, group law, per-sample draws."""
+"""The dihedral group D4 of zpix.training.augment: definition, inverses, group law, per-sample draws."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from zpix.data.augment import (
+from zpix.training.augment import (
     COMPOSE,
     INVERSE,
     ORDER,

@@ -14,9 +14,9 @@ from zpix.baselines.knn import KNNPhotoZ, colour_features, run_knn
 from zpix.baselines.magnet import MagNet, MagNetConfig, train_magnet
 from zpix.baselines.tables import SDSS_MGS_NAMES, MagnitudeTable, load_magnitudes
 from zpix.cli import main
-from zpix.metrics import crps, delta_z, sigma_mad
-from zpix.outputs import read_predictions
+from zpix.evaluation.metrics import crps, delta_z, sigma_mad
 from zpix.pdf import RedshiftGrid, pdf_mean
+from zpix.prediction.format import read_predictions
 
 
 def true_z(r: np.ndarray, ug: np.ndarray, gr: np.ndarray) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_knn_handles_missing_bands_and_degenerate_neighbourhoods() -> None:
 
 
 def test_knn_prediction_directory_save_reload_and_evaluate(tmp_path: Path) -> None:
-    from zpix.evaluate import evaluate
+    from zpix.evaluation.evaluate import evaluate
 
     train, test = synthetic_catalogue(1500, 0), synthetic_catalogue(300, 1)
     info = run_knn(train, test, tmp_path / "knn", model_path=tmp_path / "knn.npz", k=40)

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
 from zpix.cli import main
-from zpix.data.cube_store import CubeStore, CubeStoreError, CubeWriter
-from zpix.data.dataset import CubeDataset
-from zpix.data.importers import import_fits, import_npz
+from zpix.store.cube_store import CubeStore, CubeStoreError, CubeWriter
+from zpix.store.dataset import CubeDataset
+from zpix.store.importers import import_fits, import_npz
 
 
 def _writer(path, **kw):

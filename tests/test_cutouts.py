@@ -21,16 +21,16 @@ from astropy.wcs import WCS
 from click.testing import CliRunner
 from scipy.special import erf
 
-from zpix.data import cutouts as cutouts_module
-from zpix.data.cutouts import (
+from zpix.cli.ingest import cutouts_command
+from zpix.ingest import cutouts as cutouts_module
+from zpix.ingest.cutouts import (
     FLAG_MISSING_BAND,
     FLAG_PARTIAL,
     CutoutError,
-    cutouts_command,
     make_cutouts,
 )
-from zpix.data.frames import FrameIndex, scan_frames, wcs_from_header
-from zpix.data.resample import (
+from zpix.ingest.frames import FrameIndex, scan_frames, wcs_from_header
+from zpix.ingest.resample import (
     find_swarp,
     lanczos3_kernel,
     lanczos3_sample,
@@ -495,7 +495,7 @@ def test_real_field_swarp_and_reproject_agree_with_lanczos3(sdss_field: SimpleNa
     f = sdss_field
     frames, _ = scan_frames(str(f.tmp / "frame-*.fits"))
     index = FrameIndex(frames)
-    from zpix.data.frames import FrameReader
+    from zpix.ingest.frames import FrameReader
 
     reader = FrameReader(frames, f.tmp / "cache")
     scale = float(f.attrs["pixel_scale_arcsec"])

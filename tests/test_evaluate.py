@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from zpix.evaluate import evaluate, evaluate_command, load_truth, widest_removed
-from zpix.outputs import write_predictions
+from zpix.cli.evaluate import evaluate_command
+from zpix.evaluation.evaluate import evaluate, load_truth, widest_removed
+from zpix.evaluation.trends import binned_trend
 from zpix.pdf import RedshiftGrid, gaussian_pdfs
-from zpix.trends import binned_trend
+from zpix.prediction.format import write_predictions
 
 GRID = RedshiftGrid()
 FAST = {"n_boot": 20}
@@ -99,7 +100,7 @@ def test_calibrated_ensemble_has_flat_pit(calibrated):
     assert o["pit_ks_pvalue"] > 0.01
     assert o["coverage68"] == pytest.approx(0.68, abs=0.03)
     assert o["coverage95"] == pytest.approx(0.95, abs=0.015)
-    from zpix.metrics import gaussian_crps
+    from zpix.evaluation.metrics import gaussian_crps
 
     assert o["crps"] == pytest.approx(np.mean(gaussian_crps(mu, sig, zs)), rel=0.01)
 

@@ -13,16 +13,17 @@ import pytest
 import torch
 
 import zpix
-from zpix.data.cube_store import CubeStore
-from zpix.data.simulate import simulate
-from zpix.evaluate import evaluate
-from zpix.metrics import delta_z, mean_delta_z_raw, r2, sigma_mad, sigma_std
-from zpix.outputs import read_predictions
-from zpix.prediction import load_ensemble, predict
+from zpix.evaluation.evaluate import evaluate
+from zpix.evaluation.metrics import delta_z, mean_delta_z_raw, r2, sigma_mad, sigma_std
+from zpix.mock.simulate import simulate
+from zpix.prediction.format import read_predictions
+from zpix.prediction.streaming import load_ensemble, predict
+from zpix.runs import Split
+from zpix.store.cube_store import CubeStore
 from zpix.training.config import TrainConfig
-from zpix.training.splits import Split, random_split
+from zpix.training.splits import random_split
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kids_hybrid.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "src" / "zpix" / "configs" / "kids_hybrid.yaml"
 KIDS_MAGS = ["u", "g", "r", "i", "Z", "Y", "J", "H", "Ks"]
 N_MOCK = 80
 #: a few-thousand-weight hybrid: the preset's structure (36x36 ugri CNN + 9-magnitude MLP), CPU-test sized

@@ -1,4 +1,4 @@
-"""Tests of zpix.metrics against hand-computed values, closed forms, scipy and qp."""
+"""Tests of zpix.evaluation.metrics against hand-computed values, closed forms, scipy and qp."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from zpix import metrics as M
+from zpix.evaluation import metrics as M
 from zpix.pdf import RedshiftGrid, gaussian_pdfs
 
 GRID = RedshiftGrid()

@@ -6,14 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from zpix.outputs import (
+from zpix.pdf import RedshiftGrid, gaussian_pdfs, point_estimates
+from zpix.prediction.format import (
     CORE_COLUMNS,
     PredictionWriter,
     iter_pdfs,
     read_predictions,
     write_predictions,
 )
-from zpix.pdf import RedshiftGrid, gaussian_pdfs, point_estimates
 
 GRID = RedshiftGrid()
 
@@ -75,7 +75,7 @@ def test_qp_reads_the_pdf_file(tmp_path):
     np.testing.assert_allclose(ens.objdata["pdfs"] * GRID.width, p, atol=1e-13)
     np.testing.assert_allclose(ens.ancil["zmean"], point_estimates(p, GRID)["z_mean"])
     # qp's CDF at the truth is our PIT
-    from zpix.metrics import pit
+    from zpix.evaluation.metrics import pit
 
     np.testing.assert_allclose(ens.cdf(zs[:, None])[:, 0], pit(p, GRID, zs), atol=1e-12)
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from zpix.outputs import write_predictions
+from zpix.cli.evaluate import report_command
+from zpix.evaluation.report import make_report
+from zpix.evaluation.report.build import FIGURES
+from zpix.evaluation.report.figures import lupton_rgb
 from zpix.pdf import RedshiftGrid, gaussian_pdfs
-from zpix.report import make_report
-from zpix.report.build import FIGURES, report_command
-from zpix.report.figures import lupton_rgb
+from zpix.prediction.format import write_predictions
 
 GRID = RedshiftGrid()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,8 @@ import pytest
 from astropy.io import fits
 from click.testing import CliRunner
 
-from zpix.data.sdss_frames import (
+from zpix.cli.ingest import sdss_frames_command
+from zpix.ingest.sdss_frames import (
     DEFAULT_BASE_URL,
     Field,
     FrameDownloadError,
@@ -30,7 +31,6 @@ from zpix.data.sdss_frames import (
     frame_url,
     parse_fields,
     read_checksums,
-    sdss_frames_command,
     verify_frame_file,
 )
 

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from zpix.data import photometry as phot
-from zpix.data import simulate as sim
-from zpix.data.population import TYPE_NAMES, population_model, sample_population
-from zpix.data.survey_presets import KIDS_EXTINCTION, KIDS_MAG_FILTERS, SDSS_EXTINCTION, get_preset
+from zpix.mock import photometry as phot
+from zpix.mock import simulate as sim
+from zpix.mock.population import TYPE_NAMES, population_model, sample_population
+from zpix.mock.presets import KIDS_EXTINCTION, KIDS_MAG_FILTERS, SDSS_EXTINCTION, get_preset
 
 REAL_MGS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real" / "sdss_mgs_catalog"
 MGS_COLUMNS = "zs u g r i z u-g g-r r-i i-z eu eg er ei ez eu-g eg-r er-i ei-z".split()
@@ -54,7 +54,7 @@ def test_same_seed_same_file_whatever_the_workers(tmp_path, sdss_run):
 
 
 def test_sdss_shapes_attrs_and_catalogue(sdss_run):
-    from zpix.data.cube_store import CubeStore
+    from zpix.store.cube_store import CubeStore
 
     with CubeStore(sdss_run) as store:
         assert len(store) == 40

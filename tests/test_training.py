@@ -9,14 +9,15 @@ from conftest import write_toy_cubes
 
 import zpix
 from zpix.cli import main
-from zpix.data.cube_store import CubeStore
-from zpix.metrics import delta_z, sigma_mad
-from zpix.outputs import read_predictions
+from zpix.evaluation.metrics import delta_z, sigma_mad
 from zpix.pdf import RedshiftGrid, pdf_mean
-from zpix.prediction import load_ensemble
+from zpix.prediction.format import read_predictions
+from zpix.prediction.streaming import load_ensemble
+from zpix.runs import Split
+from zpix.store.cube_store import CubeStore
 from zpix.training.config import TrainConfig
 from zpix.training.module import PhotoZModule, regression_to_pdf
-from zpix.training.splits import Split, kfold_splits, random_split
+from zpix.training.splits import kfold_splits, random_split
 
 TINY = {"stem_width": 8, "modules": [[8, 8, 8, 8], [8, 8, 8, 0]], "pool_after": [0, 1], "final_pool_size": 2,
         "fc_widths": [32, 32]}
@@ -107,10 +108,10 @@ def test_streaming_ensemble_prediction(trained, tmp_path):
 
 def test_prediction_is_atomic(trained, tmp_path, monkeypatch):
     cubes, result = trained
-    import zpix.outputs
+    import zpix.prediction.format
 
     calls = {"n": 0}
-    original = zpix.outputs.PredictionWriter.write
+    original = zpix.prediction.format.PredictionWriter.write
 
     def dying_write(self, *args, **kwargs):
         calls["n"] += 1
@@ -118,7 +119,7 @@ def test_prediction_is_atomic(trained, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(zpix.outputs.PredictionWriter, "write", dying_write)
+    monkeypatch.setattr(zpix.prediction.format.PredictionWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         zpix.predict(result.run_dir, cubes, tmp_path / "pred", batch_size=16, num_workers=0, progress=False)
     assert list(tmp_path.iterdir()) == []

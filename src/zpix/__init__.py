@@ -11,14 +11,14 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
-    "CubeStore": "zpix.data.cube_store",
-    "CubeWriter": "zpix.data.cube_store",
-    "CubeDataset": "zpix.data.dataset",
+    "CubeStore": "zpix.store.cube_store",
+    "CubeWriter": "zpix.store.cube_store",
+    "CubeDataset": "zpix.store.dataset",
     "create_model": "zpix.models",
     "list_models": "zpix.models",
     "train": "zpix.training.api",
     "predict": "zpix.prediction",
-    "simulate": "zpix.data.simulate",
+    "simulate": "zpix.mock.simulate",
 }
 
 

@@ -274,7 +274,7 @@ def run_knn(
     The directory has the layout every zpix model writes (``method="knn"``), so ``zpix evaluate
     --compare`` puts it beside a CNN.  Returns timings and counts.
     """
-    from zpix.outputs import write_predictions
+    from zpix.prediction.format import write_predictions
 
     cfg = config or KNNConfig(**options)
     labelled = train.labelled(cfg.z_min, cfg.z_max)

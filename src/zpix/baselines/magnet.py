@@ -224,7 +224,7 @@ def run_magnet(
     **options: Any,
 ) -> dict[str, Any]:
     """Train on ``train``, predict ``test`` into the prediction directory ``out`` (``method="magnet"``)."""
-    from zpix.outputs import write_predictions
+    from zpix.prediction.format import write_predictions
 
     cfg = config or MagNetConfig(**options)
     with tempfile.TemporaryDirectory(prefix="zpix-magnet-") as work:

@@ -10,7 +10,7 @@ The baselines (k-NN, magnitude network) read photometry, not images.  Their inpu
   MLZ (Carrasco Kind & Brunner 2013) used by the real-data benchmark.
 
 Every input is mapped onto the canonical column names ``id``, ``z_spec``, ``ebv``, ``mag_<band>``,
-``magerr_<band>`` (the names of :meth:`zpix.data.cube_store.CubeStore.catalog_table`).  A mapping
+``magerr_<band>`` (the names of :meth:`zpix.store.cube_store.CubeStore.catalog_table`).  A mapping
 ``canonical=file_column`` renames the file's columns; ``names`` names the columns of a text file
 whose header is missing or wrong.
 """
@@ -168,7 +168,7 @@ def read_table(path: str | os.PathLike, names: Sequence[str] | None = None) -> p
 
 
 def _from_cube_store(path: Path, bands: Sequence[str] | None) -> MagnitudeTable:
-    from zpix.data.cube_store import CubeStore
+    from zpix.store.cube_store import CubeStore
 
     with CubeStore(path, validate=False) as store:
         if not store.has_mags:

@@ -25,11 +25,12 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from zpix.data.cube_store import CubeStore
-from zpix.data.dataset import CubeDataset
+from zpix.runs import Split
+from zpix.store.cube_store import CubeStore
+from zpix.store.dataset import CubeDataset
 from zpix.training.config import TrainConfig
 from zpix.training.module import PhotoZModule
-from zpix.training.splits import Split, kfold_splits, labelled_rows, random_split
+from zpix.training.splits import kfold_splits, labelled_rows, random_split
 
 
 @dataclass
@@ -72,7 +73,7 @@ def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[st
 
     Returns the names of the tensors copied; the model decides how (see ``PhotoZModel.init_from``).
     """
-    from zpix.prediction import checkpoint_paths
+    from zpix.runs import checkpoint_paths
 
     models = []
     for source in sources:
@@ -181,9 +182,9 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     Writes ``<out>/fold_<i>/`` runs and predictions, ``<out>/predictions`` (all objects) and
     ``<out>/kfold_metrics.json`` with per-fold metrics and their mean ± std.
     """
-    from zpix.metrics import summary as metric_summary
-    from zpix.outputs import read_predictions
-    from zpix.prediction import merge_predictions, predict
+    from zpix.evaluation.metrics import summary as metric_summary
+    from zpix.prediction.format import read_predictions
+    from zpix.prediction.streaming import merge_predictions, predict
 
     cfg = config if isinstance(config, TrainConfig) else (
         TrainConfig.from_yaml(config) if isinstance(config, str | Path) else TrainConfig.from_dict(config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file, or a packaged preset by name (``pasquet2019``; see :func:`preset_names`)."""
+        path = resolve_config(path)
         with open(path) as fh:
             values = yaml.safe_load(fh) or {}
         values = values.get("train", values)  # accept a saved run config (with a 'train' section)
@@ -102,6 +105,24 @@ class TrainConfig:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
         tmp.replace(path)
+
+
+def preset_names() -> list[str]:
+    """The presets packaged in ``zpix/configs``, usable as ``--config NAME``."""
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("zpix").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """``path`` if it is a file, else the packaged preset of that name (``pasquet2019``)."""
+    if Path(path).is_file():
+        return Path(path)
+    name = str(path).removesuffix(".yaml")
+    preset = resources.files("zpix").joinpath("configs", f"{name}.yaml")
+    if preset.is_file():
+        return Path(str(preset))
+    raise FileNotFoundError(f"{path}: no such config file, and no packaged preset of that name "
+                            f"(presets: {', '.join(preset_names())})")
 
 
 def library_versions() -> dict[str, str]:

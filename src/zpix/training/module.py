@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from zpix.data.augment import random_dihedral
-from zpix.metrics import delta_z, outlier_fraction, sigma_mad
+from zpix.evaluation.metrics import delta_z, outlier_fraction, sigma_mad
 from zpix.models import create_model
 from zpix.pdf import RedshiftGrid
+from zpix.training.augment import random_dihedral
 
 LOG_SIGMA_MIN = float(np.log(1e-4))
 LR_SCHEDULES = ("none", "plateau", "cosine")

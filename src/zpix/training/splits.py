@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Split:
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-    def save(self, path) -> None:
-        np.savez(path, train=self.train, val=self.val, test=self.test)
-
-    @classmethod
-    def load(cls, path) -> Split:
-        with np.load(path) as f:
-            return cls(f["train"], f["val"], f["test"])
+from zpix.runs import Split
 
 
 def labelled_rows(z_spec: np.ndarray, valid: np.ndarray, z_min: float, z_max: float) -> np.ndarray:

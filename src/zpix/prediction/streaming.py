@@ -13,29 +13,17 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from zpix.data.cube_store import CubeStore
-from zpix.data.dataset import CubeDataset
-from zpix.outputs import PredictionWriter, iter_pdfs, read_predictions
 from zpix.pdf import RedshiftGrid
+from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions
+from zpix.runs import checkpoint_paths
+from zpix.store.cube_store import CubeStore
+from zpix.store.dataset import CubeDataset
 from zpix.training.module import PhotoZModule
-
-
-def checkpoint_paths(model: str | os.PathLike) -> list[Path]:
-    """The checkpoints behind MODEL: a ``.ckpt`` file, or a run directory with ``member_*/best.ckpt``."""
-    path = Path(model)
-    if path.is_file():
-        return [path]
-    found = sorted(path.glob("member_*/best.ckpt"))
-    if not found:
-        raise FileNotFoundError(f"{path}: no checkpoint; pass a .ckpt file or a run directory written by "
-                                "`zpix train` (it holds member_<k>/best.ckpt)")
-    return found
 
 
 def load_ensemble(model: str | os.PathLike, device: str | torch.device = "cpu",
@@ -133,35 +121,3 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike, ov
                 extra = {c: chunk[c].to_numpy() for c in cat.columns if c not in core}
                 writer.write(chunk["id"].to_numpy(), pdfs, chunk["z_spec"].to_numpy(), extra)
     return Path(out)
-
-
-@click.command("predict")
-@click.argument("model", type=click.Path(exists=True))
-@click.argument("cubes", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(), help="Prediction directory to write.")
-@click.option("--split", "split_name", type=click.Choice(["all", "train", "val", "test"]), default="all",
-              show_default=True, help="Predict only these rows of the run's split.npz (same cube store).")
-@click.option("--batch-size", default=64, show_default=True, help="64 was fastest on CPU; use more on GPUs.")
-@click.option("--num-workers", default=1, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-@click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default="error", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--seed", default=0, show_default=True, help="Seeds torch (prediction itself is deterministic).")
-def predict_command(model: str, cubes: str, out: str, split_name: str, batch_size: int, num_workers: int,
-                    device: str | None, on_bad: str, overwrite: bool, seed: int) -> None:
-    """Predict redshift PDFs for CUBES with MODEL (a run directory or a .ckpt)."""
-    from zpix.training.splits import Split
-
-    torch.manual_seed(seed)
-    rows = None
-    if split_name != "all":
-        split_file = Path(model) / "split.npz"
-        if not split_file.exists():
-            raise click.ClickException(f"--split needs {split_file} (a run directory from `zpix train`)")
-        rows = getattr(Split.load(split_file), split_name)
-    try:
-        path = predict(model, cubes, out, rows=rows, batch_size=batch_size, num_workers=num_workers,
-                       device=device, on_bad=on_bad, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {path}")

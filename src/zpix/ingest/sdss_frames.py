@@ -30,11 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-import numpy as np
 from astropy.io import fits
 
-from zpix.data.frames import _data_bytes
+from zpix.ingest.frames import _data_bytes
 
 DEFAULT_BASE_URL = "https://data.sdss.org/sas/dr17/eboss/photoObj/frames"
 DEFAULT_RERUN = 301
@@ -292,52 +290,3 @@ def fetch_frames(
             results.append(fut.result())
             bar.update(1)
     return results
-
-
-@click.command("sdss-frames")
-@click.argument("fields", nargs=-1)
-@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
-              help="Text file with one RUN CAMCOL FIELD per line.")
-@click.option("--bands", default=SDSS_BANDS, show_default=True, help="Bands to fetch, e.g. ugriz or r.")
-@click.option("--out", "out_dir", default="sdss_frames", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for the frame files.")
-@click.option("--rerun", default=DEFAULT_RERUN, show_default=True, type=int, help="Photometric rerun (301 for DR8+).")
-@click.option("--base-url", default=DEFAULT_BASE_URL, show_default=True,
-              help="Root of the frames tree on the SAS or a mirror with the same layout.")
-@click.option("--retries", default=4, show_default=True, type=click.IntRange(0, 50))
-@click.option("--backoff", default=1.0, show_default=True, type=float, help="First wait in s, doubled per retry.")
-@click.option("--timeout", default=60.0, show_default=True, type=float, help="Network timeout per request, s.")
-@click.option("--workers", default=4, show_default=True, type=click.IntRange(1, 64), help="Parallel downloads.")
-@click.option("--checksums", type=click.Path(exists=True, dir_okay=False),
-              help="md5sum-style list of expected MD5s by file name.")
-@click.option("--overwrite", is_flag=True, help="Fetch again even when the file exists.")
-@click.option("--no-progress", is_flag=True)
-def sdss_frames_command(fields: tuple[str, ...], list_file: str | None, bands: str, out_dir: str, rerun: int,
-                        base_url: str, retries: int, backoff: float, timeout: float, workers: int,
-                        checksums: str | None, overwrite: bool, no_progress: bool) -> None:
-    """Fetch SDSS corrected frames for fields given as RUN CAMCOL FIELD (e.g. 2583 2 136) or --list."""
-    try:
-        field_list = parse_fields(list(fields))
-        if list_file:
-            field_list += read_field_list(list_file)
-        bad = [b for b in bands if b not in SDSS_BANDS]
-        if bad:
-            raise ValueError(f"--bands: {''.join(bad)} not among {SDSS_BANDS}")
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from err
-    if not field_list:
-        raise click.UsageError("give fields as RUN CAMCOL FIELD (e.g. 2583 2 136) or --list FILE")
-    results = fetch_frames(field_list, out_dir, bands, rerun=rerun, base_url=base_url, retries=retries,
-                           backoff=backoff, timeout=timeout, workers=workers,
-                           checksums=read_checksums(checksums) if checksums else None,
-                           overwrite=overwrite, progress=not no_progress)
-    counts = {s: sum(r.status == s for r in results) for s in ("downloaded", "present", "failed")}
-    total = int(np.sum([r.size for r in results if r.status == "downloaded"]))
-    click.echo(f"{counts['downloaded']} downloaded ({total / 1e6:.1f} MB), {counts['present']} already present, "
-               f"{counts['failed']} failed -> {out_dir}")
-    failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        click.echo(f"  failed: {r.url}: {r.error}", err=True)
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {len(results)} frames failed; rerun the same command to retry "
-                                   "them (files already fetched are kept)")

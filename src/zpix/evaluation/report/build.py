@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import click
-
 #: (file stem, title, caption) of each figure, in page order.
 FIGURES: tuple[tuple[str, str, str], ...] = (
     ("zphot_zspec", "Photometric against spectroscopic redshift",
@@ -57,12 +55,12 @@ def make_report(
 
     ``cubes`` is a cube store (HDF5 with ``images`` (N, bands, H, W) and ``ids``) for the galaxy
     images beside the example PDFs.  Other keyword arguments go to
-    :func:`zpix.evaluate.run_evaluation`.  The directory is built under a temporary name and
+    :func:`zpix.evaluation.evaluate.run_evaluation`.  The directory is built under a temporary name and
     renamed at the end, so a failed run leaves no half-made report.  Returns the HTML path.
     """
-    from zpix.evaluate import run_evaluation
-    from zpix.report import figures as F
-    from zpix.report.html import render_html
+    from zpix.evaluation.evaluate import run_evaluation
+    from zpix.evaluation.report import figures as F
+    from zpix.evaluation.report.html import render_html
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -99,29 +97,3 @@ def make_report(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out / "index.html"
-
-
-@click.command("report")
-@click.argument("predictions", type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
-              help="Directory for index.html, the PNG figures and metrics.json (replaced if it exists).")
-@click.option("--compare", multiple=True, type=click.Path(exists=True),
-              help="Another prediction directory to show side by side (repeatable).")
-@click.option("--truth", type=click.Path(exists=True), default=None,
-              help="Table with id and z_spec (Parquet/CSV/FITS or a cube store .h5).")
-@click.option("--cubes", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Cube store (HDF5) holding the galaxies' images, for the example panel.")
-@click.option("--point", type=click.Choice(("z_mean", "z_median", "z_mode")), default="z_mean",
-              show_default=True)
-@click.option("--n-examples", type=int, default=12, show_default=True)
-@click.option("--n-boot", type=int, default=200, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def report_command(predictions: str, out: str, compare: tuple[str, ...], truth: str | None, cubes: str | None,
-                   point: str, n_examples: int, n_boot: int, seed: int) -> None:
-    """HTML report with the Pasquet et al. (2019) figures for PREDICTIONS (and --compare methods)."""
-    try:
-        page = make_report(predictions, out, compare=compare, truth=truth, cubes=cubes, n_examples=n_examples,
-                           seed=seed, point=point, n_boot=n_boot)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {page}")

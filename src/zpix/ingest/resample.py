@@ -49,7 +49,7 @@ from astropy.wcs import WCS
 from astropy.wcs.utils import pixel_to_pixel
 from scipy import ndimage
 
-from zpix.data.frames import FrameError, FrameReader
+from zpix.ingest.frames import FrameError, FrameReader
 
 BACKENDS = ("interp", "lanczos3", "swarp")
 # Input pixels beyond the stamp's footprint read with each window: Lanczos-3 reaches 3 pixels,

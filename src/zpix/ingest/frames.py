@@ -355,7 +355,7 @@ class FrameIndex:
 
     A frame can overlap a stamp only if the angle between their centres is at most the
     frame's radius plus the stamp's; the tree returns those candidates by chord distance
-    (``2 sin(angle / 2)``), and :func:`zpix.data.resample.stamp_window` then checks the exact overlap.
+    (``2 sin(angle / 2)``), and :func:`zpix.ingest.resample.stamp_window` then checks the exact overlap.
     """
 
     def __init__(self, frames: Sequence[FrameInfo]) -> None:

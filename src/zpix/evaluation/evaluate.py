@@ -24,16 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pandas as pd
 
-from zpix import metrics as M
-from zpix.nz import NZ_REQUIREMENT, nz_compare, tomographic_edges, tomographic_index
-from zpix.outputs import KNOWN_EXTRA_COLUMNS, iter_pdfs, read_predictions
+from zpix.evaluation import metrics as M
+from zpix.evaluation.nz import NZ_REQUIREMENT, nz_compare, tomographic_edges, tomographic_index
+from zpix.evaluation.trends import binned_trend
 from zpix.pdf import RedshiftGrid
 from zpix.plain_types import to_plain
-from zpix.trends import binned_trend
+from zpix.prediction.format import KNOWN_EXTRA_COLUMNS, iter_pdfs, read_predictions
 
 #: Per-object columns whose trends are computed when present (Pasquet Sect. 6).
 TREND_COLUMNS: dict[str, str] = dict(KNOWN_EXTRA_COLUMNS)
@@ -92,7 +91,7 @@ def load_truth(path: str | Path) -> pd.DataFrame:
 
         df = Table.read(p).to_pandas()
     elif suffix in (".h5", ".hdf5", ".hdf"):
-        from zpix.data.cube_store import CubeStore
+        from zpix.store.cube_store import CubeStore
 
         with CubeStore(p, validate=False) as store:
             df = store.catalog_table()
@@ -386,7 +385,7 @@ def run_evaluation(
     # shared trend bins, so that compared methods are plotted on the same x bins
     first = scores[0].objects
     edges: dict[str, Sequence[float]] = {}
-    from zpix.trends import trend_edges as _edges
+    from zpix.evaluation.trends import trend_edges as _edges
 
     for col in ("z_spec", "z_phot", *TREND_COLUMNS):
         if col in first.columns and np.isfinite(first[col]).any():
@@ -492,57 +491,7 @@ def format_summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _floats(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from err
-
-
-@click.command("evaluate")
-@click.argument("predictions", type=click.Path(exists=True))
-@click.option("--truth", type=click.Path(exists=True), default=None,
-              help="Table with id and z_spec (Parquet/CSV/FITS or a cube store .h5); overrides the "
-                   "catalogue's z_spec and supplies missing trend columns (ebv, r_mag, ...).")
-@click.option("--compare", multiple=True, type=click.Path(exists=True),
-              help="Another prediction directory to put side by side (repeatable); all methods are "
-                   "evaluated on the objects they share.")
-@click.option("--out", type=click.Path(dir_okay=False), default="metrics.json", show_default=True)
-@click.option("--objects-out", type=click.Path(dir_okay=False), default=None,
-              help="Also write per-object Δz, PIT, CRPS of every method to this Parquet file.")
-@click.option("--point", type=click.Choice(POINT_CHOICES), default="z_mean", show_default=True,
-              help="Point estimate for the residuals (z_mean is Pasquet Eq. 2).")
-@click.option("--outlier-threshold", "outlier_thresholds", multiple=True, type=float,
-              default=(0.05, 0.15), show_default=True, help="|Δz| threshold(s) for η (repeatable).")
-@click.option("--quality-cut", "quality_cuts", multiple=True, type=float, default=(0.1, 0.2),
-              show_default=True, help="Fraction(s) of widest PDFs to remove (repeatable).")
-@click.option("--n-tomo", type=int, default=5, show_default=True,
-              help="Equal-population tomographic z_phot bins for N(z).")
-@click.option("--tomo-edges", default=None, help="Explicit tomographic edges, e.g. 0.02,0.08,0.12,0.2,0.4")
-@click.option("--n-boot", type=int, default=200, show_default=True, help="Bootstrap resamples for trend errors.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def evaluate_command(predictions: str, truth: str | None, compare: tuple[str, ...], out: str,
-                     objects_out: str | None, point: str, outlier_thresholds: tuple[float, ...],
-                     quality_cuts: tuple[float, ...], n_tomo: int, tomo_edges: str | None, n_boot: int,
-                     seed: int) -> None:
-    """Photo-z metrics of PREDICTIONS (a `zpix predict` directory) as JSON.
-
-    Point metrics (bias, σ_MAD, NMAD, η, MSE, MAE, R²), PDF metrics (CRPS, PIT, coverage),
-    quality cuts, trends with z and catalogue columns, and N(z) in tomographic bins.
-    """
-    try:
-        result = evaluate(predictions, truth=truth, compare=compare, out=out, objects_out=objects_out,
-                          point=point, outlier_thresholds=outlier_thresholds, quality_cuts=quality_cuts,
-                          n_tomo=n_tomo, tomo_edges=_floats(tomo_edges), n_boot=n_boot, seed=seed)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(format_summary(result))
-    click.echo(f"wrote {out}")
-
-
 __all__ = [
-    "MethodScores", "evaluate", "evaluate_command", "load_truth", "method_metrics", "run_evaluation",
+    "MethodScores", "evaluate", "load_truth", "method_metrics", "run_evaluation",
     "score_predictions", "widest_removed",
 ]

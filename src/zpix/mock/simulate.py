@@ -1,6 +1,6 @@
 """`zpix simulate`: a GalSim mock survey like the SDSS Main Galaxy Sample (or KiDS bright).
 
-Each galaxy (drawn by :mod:`zpix.data.population`) is a de Vaucouleurs bulge plus an exponential
+Each galaxy (drawn by :mod:`zpix.mock.population`) is a de Vaucouleurs bulge plus an exponential
 disk with their own spectra, so each band sees its own bulge/disk flux ratio (colour gradients).
 Inside one band a component's spectrum only sets its flux, so each band is drawn as a sum of two
 achromatic Sérsic profiles convolved with that band's PSF: physically the same image as GalSim's
@@ -24,11 +24,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from zpix.data.population import TYPE_NAMES, population_model
-from zpix.data.survey_presets import PRESETS, SurveyPreset, get_preset
+from zpix.mock.population import TYPE_NAMES, population_model
+from zpix.mock.presets import SurveyPreset, get_preset
 
 CHUNK = 512  # objects per population draw and per append: fixed, so output never depends on it
 TASK = 16  # objects per worker task
@@ -339,14 +338,14 @@ def simulate(
     Also writes ``<out stem>_catalog.parquet`` (one row per object: id, z, E(B−V), observed
     magnitudes and errors, true parameters).  ``deep_fraction`` (default: the preset's, 4% for
     SDSS, as Stripe 82 in Pasquet et al. 2019) sets the share of objects with co-added deep imaging;
-    ``overrides`` replace preset fields (see :class:`~zpix.data.survey_presets.SurveyPreset`).
+    ``overrides`` replace preset fields (see :class:`~zpix.mock.presets.SurveyPreset`).
     ``workers`` defaults to all CPU cores; the result does not depend on it.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
-    from zpix.data.cube_store import CubeWriter
+    from zpix.store.cube_store import CubeWriter
 
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -439,22 +438,3 @@ def simulate(
             pool.terminate()
             pool.join()
     return out
-
-
-@click.command("simulate")
-@click.option("--n", "n", type=click.IntRange(min=1), default=2000, show_default=True, help="Galaxies to simulate.")
-@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output cube store (.h5).")
-@click.option("--survey", type=click.Choice(sorted(PRESETS)), default="sdss", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores).")
-@click.option("--deep-fraction", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Share of objects with deep co-added imaging (default: preset, 0.04 for sdss).")
-@click.option("--neighbours/--no-neighbours", default=True, show_default=True,
-              help="Draw field galaxies that fall inside the stamps.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def simulate_command(n: int, out: str, survey: str, seed: int, workers: int | None, deep_fraction: float | None,
-                     neighbours: bool, progress: bool) -> None:
-    """Simulate a mock survey (GalSim) into a cube store plus a catalogue table beside it."""
-    path = simulate(n, out, survey=survey, seed=seed, workers=workers, deep_fraction=deep_fraction,
-                    neighbours=neighbours, progress=progress)
-    click.echo(f"wrote {path} and {catalog_path(path)}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from zpix.metrics import MAD_SCALE
+from zpix.evaluation.metrics import MAD_SCALE
 
 #: Above this many objects in a bin the bootstrap runs on a random subsample of this size and
 #: its errors are scaled by sqrt(subsample / n): bootstrap standard errors of a mean or a

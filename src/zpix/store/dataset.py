@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from zpix.data.cube_store import CubeStore, OnBad
+from zpix.store.cube_store import CubeStore, OnBad
 
 
 class CubeDataset(Dataset):

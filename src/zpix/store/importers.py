@@ -13,12 +13,11 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import click
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from zpix.data.cube_store import CubeStoreError, CubeWriter
+from zpix.store.cube_store import CubeStoreError, CubeWriter
 
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 
@@ -149,31 +148,3 @@ def import_fits(
             writer.append(images, z[start:stop], ebv[start:stop], np.asarray(table[id_column][start:stop]),
                           mags=None if mags is None else mags[start:stop])
     return Path(out)
-
-
-@click.command("import")
-@click.argument("source", type=click.Path(exists=True, dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cube store (.h5) to write.")
-@click.option("--bands", default="ugriz", show_default=True, help="Band names, one letter per band or comma list.")
-@click.option("--pixel-scale", default=0.396, show_default=True, help="Pixel scale in arcsec.")
-@click.option("--survey", default="sdss", show_default=True)
-@click.option("--file-column", default="file", show_default=True, help="FITS catalogue: column with cube paths.")
-@click.option("--id-column", default="id", show_default=True)
-@click.option("--z-column", default="z_spec", show_default=True)
-@click.option("--ebv-column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
-@click.option("--mag-columns", default="", help="Comma-separated magnitude columns to store.")
-@click.option("--seed", default=0, show_default=True, help="Unused (deterministic); accepted for uniformity.")
-def import_command(source: str, out: str, bands: str, pixel_scale: float, survey: str, file_column: str,
-                   id_column: str, z_column: str, ebv_column: str, mag_columns: str, seed: int) -> None:
-    """Import SOURCE (a Pasquet-layout .npz, or a catalogue table of FITS cubes) into a cube store."""
-    band_list = bands.split(",") if "," in bands else list(bands)
-    try:
-        if source.endswith(".npz"):
-            path = import_npz(source, out, band_list, pixel_scale, survey)
-        else:
-            path = import_fits(source, out, band_list, pixel_scale, survey, file_column, id_column, z_column,
-                               None if ebv_column.lower() == "none" else ebv_column,
-                               [c for c in mag_columns.split(",") if c])
-    except CubeStoreError as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(f"wrote {path}")

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import click
 import h5py
 import numpy as np
 
@@ -399,15 +398,3 @@ class CubeStore:
         if self.catalog_columns:
             lines.append(f"  catalogue columns: {', '.join(self.catalog_columns)}")
         return "\n".join(lines)
-
-
-@click.command("info")
-@click.argument("cubes", type=click.Path(dir_okay=False))
-@click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default="zero", show_default=True)
-def info_command(cubes: str, on_bad: OnBad) -> None:
-    """Validate a cube store and summarise what it holds."""
-    try:
-        with CubeStore(cubes, on_bad=on_bad) as store:
-            click.echo(store.summary())
-    except CubeStoreError as err:
-        raise click.ClickException(str(err)) from err

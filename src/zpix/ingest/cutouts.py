@@ -4,9 +4,9 @@ This is the data preparation of Pasquet et al. (2019, Sect. 2): for every galaxy
 frames that overlap it are found per band, resampled onto one gnomonic (TAN) grid centred
 on the galaxy at the native pixel scale with a Lanczos-3 kernel, and stacked, without
 background subtraction, into a ``bands x size x size`` cube aligned with the local
-celestial axes. Frames are found through :mod:`zpix.data.frames`, resampled and co-added
-through :mod:`zpix.data.resample`, and the cubes written with
-:class:`zpix.data.cube_store.CubeWriter`.
+celestial axes. Frames are found through :mod:`zpix.ingest.frames`, resampled and co-added
+through :mod:`zpix.ingest.resample`, and the cubes written with
+:class:`zpix.store.cube_store.CubeWriter`.
 
 The run is split into blocks of targets. Each block is processed by a worker process and
 written to a part file in a work directory; a rerun with the same inputs and options
@@ -30,11 +30,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 
-from zpix.data.frames import FrameIndex, FrameInfo, FrameReader, expand_frame_paths, order_bands, scan_frames
-from zpix.data.resample import BACKENDS, find_swarp, resample_band, target_wcs
+from zpix.ingest.frames import FrameIndex, FrameInfo, FrameReader, expand_frame_paths, order_bands, scan_frames
+from zpix.ingest.resample import BACKENDS, find_swarp, resample_band, target_wcs
 
 # Bits of the per-object ``flags`` catalogue column.
 FLAG_PARTIAL = 1  # some band covers only part of the stamp
@@ -303,7 +302,7 @@ def make_cutouts(
     Follows Pasquet et al. (2019, Sect. 2): per target and band, every overlapping frame is
     resampled onto a TAN grid centred on the target (north up, east left, target at pixel
     ``((size-1)/2, (size-1)/2)``) at the native pixel scale and co-added; see
-    :mod:`zpix.data.resample` for the kernels (``backend``: ``lanczos3`` default, ``interp``,
+    :mod:`zpix.ingest.resample` for the kernels (``backend``: ``lanczos3`` default, ``interp``,
     ``swarp``) and the co-add (plain mean, or inverse-variance weighted when weight maps are
     given through ``weight_hdu`` / ``weight_suffix``).
 
@@ -453,7 +452,7 @@ def _write_store(out: Path, part_paths: list[str], columns: dict[str, np.ndarray
                  ebv_col: str | None, ra_name: str, dec_name: str, mag_cols: list[str] | None,
                  mag_err_cols: list[str] | None, keep_cols: list[str], min_coverage: float,
                  survey: str | None) -> None:
-    from zpix.data.cube_store import CubeStoreError, CubeWriter
+    from zpix.store.cube_store import CubeStoreError, CubeWriter
 
     bands = list(options.bands)
     n = report.n_targets
@@ -540,68 +539,3 @@ def _write_store(out: Path, part_paths: list[str], columns: dict[str, np.ndarray
 
 # --------------------------------------------------------------------------------------------
 # command line
-
-
-@click.command("cutouts")
-@click.option("--frames", "frames", multiple=True, required=True,
-              help="Frame files: glob pattern(s) in quotes, directories or paths (.fits, .fits.bz2, .fits.gz, .fz); "
-                   "repeat for several.")
-@click.option("--catalog", required=True, type=click.Path(dir_okay=False),
-              help="Targets: FITS/ECSV/CSV/Parquet table with ra, dec (deg) and optionally id, z_spec, ebv, mags.")
-@click.option("--size", default=64, show_default=True, type=click.IntRange(4, 4096), help="Stamp side in pixels.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cube store (HDF5) to write.")
-@click.option("--bands", default=None, help="Output bands in order, e.g. u,g,r,i,z [default: all found, blue to red].")
-@click.option("--pixel-scale", type=float, default=None,
-              help="Output pixel scale in arcsec [default: the frames' native scale, median].")
-@click.option("--backend", type=click.Choice(BACKENDS), default="lanczos3", show_default=True,
-              help="lanczos3: the paper's kernel (zpix); interp: reproject bicubic; swarp: SWarp on PATH.")
-@click.option("--band-key", default="FILTER", show_default=True, help="Header keyword that names the band.")
-@click.option("--band-map", default=None, help="Translate header band values, e.g. 'HSC-G=g,HSC-R=r'.")
-@click.option("--hdu", type=int, default=None, help="HDU of the science image [default: first image with a WCS].")
-@click.option("--cube-bands", default=None, help="Band names of the planes of 3-D frames, e.g. g,r,i,z,y.")
-@click.option("--weight-hdu", type=int, default=None, help="HDU of the same file holding a weight map.")
-@click.option("--weight-suffix", default=None,
-              help="Weight map beside each frame: frame.fits[.bz2] -> frame<SUFFIX>, e.g. .weight.fits.")
-@click.option("--weight-type", type=click.Choice(["ivar", "variance"]), default="ivar", show_default=True)
-@click.option("--id-col", default=None)
-@click.option("--ra-col", default=None)
-@click.option("--dec-col", default=None)
-@click.option("--z-col", default=None, help="Spectroscopic redshift column [default: z_spec, zspec, zs, z...].")
-@click.option("--ebv-col", default=None, help="E(B-V) column [default: ebv...; 0 when absent].")
-@click.option("--mag-cols", default=None, help="Magnitude columns, comma-separated, one per band.")
-@click.option("--mag-err-cols", default=None, help="Magnitude error columns, comma-separated.")
-@click.option("--keep-cols", default=None, help="Further catalogue columns to copy, comma-separated.")
-@click.option("--min-coverage", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Leave out targets whose stamp is covered less than this in any band.")
-@click.option("--fill-value", type=float, default=0.0, show_default=True, help="Value of pixels no frame covers.")
-@click.option("--survey", default=None, help="Survey name for the store [default: the frames' ORIGIN].")
-@click.option("--workers", type=click.IntRange(1, None), default=1, show_default=True, help="Worker processes.")
-@click.option("--block-size", type=click.IntRange(1, None), default=256, show_default=True,
-              help="Targets per block (the unit of resumption and of work per process).")
-@click.option("--work-dir", default=None, type=click.Path(file_okay=False),
-              help="Where parts and decompressed frames go [default: OUT.work].")
-@click.option("--keep-work", is_flag=True, help="Keep the work directory after success.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def cutouts_command(frames: tuple[str, ...], catalog: str, size: int, out: str, bands: str | None,
-                    pixel_scale: float | None, backend: str, band_key: str, band_map: str | None, hdu: int | None,
-                    cube_bands: str | None, weight_hdu: int | None, weight_suffix: str | None, weight_type: str,
-                    id_col: str | None, ra_col: str | None, dec_col: str | None, z_col: str | None,
-                    ebv_col: str | None, mag_cols: str | None, mag_err_cols: str | None, keep_cols: str | None,
-                    min_coverage: float, fill_value: float, survey: str | None, workers: int, block_size: int,
-                    work_dir: str | None, keep_work: bool, no_progress: bool) -> None:
-    """Cut aligned multi-band cubes from survey frames around catalogue positions (Pasquet et al. 2019).
-
-    Rerunning the same command after an interruption resumes from the finished blocks.
-    """
-    try:
-        report = make_cutouts(
-            list(frames), catalog, size=size, out=out, bands=bands, pixel_scale_arcsec=pixel_scale,
-            backend=backend, band_key=band_key, band_map=band_map, hdu=hdu, cube_bands=cube_bands,
-            weight_hdu=weight_hdu, weight_suffix=weight_suffix, weight_type=weight_type, id_col=id_col,
-            ra_col=ra_col, dec_col=dec_col, z_col=z_col, ebv_col=ebv_col, mag_cols=mag_cols,
-            mag_err_cols=mag_err_cols, keep_cols=keep_cols, min_coverage=min_coverage, fill_value=fill_value,
-            survey=survey, workers=workers, block_size=block_size, work_dir=work_dir, keep_work=keep_work,
-            progress=not no_progress)
-    except CutoutError as err:
-        raise click.ClickException(str(err)) from err
-    click.echo(report.summary())

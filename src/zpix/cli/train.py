@@ -33,7 +33,8 @@ def _resolve(config: str | None, options: dict[str, Any], sets: tuple[str, ...])
 
 def _common(func):
     opts = [
-        click.option("--config", type=click.Path(exists=True, dir_okay=False), help="YAML run description."),
+        click.option("--config", help="YAML run description, or a packaged preset by name (pasquet2019, "
+                     "pasquet2019_small, kids_hybrid, demo)."),
         click.option("--cubes", help="Cube store (.h5) with images and z_spec."),
         click.option("--out", help="Run directory to write."),
         click.option("--model", help="Registered model name (see `zpix models`)."),

@@ -34,8 +34,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from zpix.data.photometry import TEMPLATES, KCorrectionGrid, kcorrection_grid
-from zpix.data.survey_presets import SurveyPreset
+from zpix.mock.photometry import TEMPLATES, KCorrectionGrid, kcorrection_grid
+from zpix.mock.presets import SurveyPreset
 
 H0 = 70.0
 OMEGA_M = 0.3
@@ -343,7 +343,7 @@ def sample_population(n: int, survey: str | SurveyPreset = "sdss", seed: int = 0
     Returns per-object arrays (z, abs_mag, type, fluxes, observed magnitudes, …); the same seed
     gives the same galaxies.
     """
-    from zpix.data.survey_presets import get_preset
+    from zpix.mock.presets import get_preset
 
     preset = get_preset(survey) if isinstance(survey, str) else survey
     return population_model(preset).sample(n, np.random.default_rng(seed))

@@ -1,7 +1,7 @@
 """The report's figures, after Pasquet et al. (2019) Figs. 6-11, for one or several methods.
 
-Every function takes the :class:`~zpix.evaluate.MethodScores` of the methods (first = the
-main one) and the metrics dictionary of :func:`zpix.evaluate.run_evaluation`, and returns a
+Every function takes the :class:`~zpix.evaluation.evaluate.MethodScores` of the methods (first = the
+main one) and the metrics dictionary of :func:`zpix.evaluation.evaluate.run_evaluation`, and returns a
 matplotlib ``Figure`` built on the Agg canvas directly (no pyplot, no global backend switch,
 so the report can be made inside a notebook or a GUI session without side effects).
 """
@@ -18,9 +18,9 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from scipy import stats
 
-from zpix.evaluate import TREND_COLUMNS, MethodScores, widest_removed
-from zpix.metrics import outlier_fraction, sigma_mad
-from zpix.nz import NZ_REQUIREMENT
+from zpix.evaluation.evaluate import TREND_COLUMNS, MethodScores, widest_removed
+from zpix.evaluation.metrics import outlier_fraction, sigma_mad
+from zpix.evaluation.nz import NZ_REQUIREMENT
 
 #: The main method is red as the CNN in Pasquet's figures; compared methods follow.
 COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
@@ -281,7 +281,7 @@ def fig_examples(
 ) -> Figure:
     """Random example PDFs with z_spec (red dotted) and z_phot (blue dotted), beside each galaxy's
     colour image when a cube store is given (Fig. 9).  Compared methods' PDFs are overlaid."""
-    from zpix.outputs import read_pdf_rows
+    from zpix.prediction.format import read_pdf_rows
 
     main = scores[0]
     n_ex = min(n_examples, len(main.objects))

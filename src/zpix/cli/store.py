@@ -1,0 +1,48 @@
+"""`zpix info` and `zpix import`: inspect and create cube stores."""
+
+from __future__ import annotations
+
+import click
+
+from zpix.store.cube_store import CubeStore, CubeStoreError, OnBad
+from zpix.store.importers import import_fits, import_npz
+
+
+@click.command("info")
+@click.argument("cubes", type=click.Path(dir_okay=False))
+@click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default="zero", show_default=True)
+def info_command(cubes: str, on_bad: OnBad) -> None:
+    """Validate a cube store and summarise what it holds."""
+    try:
+        with CubeStore(cubes, on_bad=on_bad) as store:
+            click.echo(store.summary())
+    except CubeStoreError as err:
+        raise click.ClickException(str(err)) from err
+
+
+@click.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cube store (.h5) to write.")
+@click.option("--bands", default="ugriz", show_default=True, help="Band names, one letter per band or comma list.")
+@click.option("--pixel-scale", default=0.396, show_default=True, help="Pixel scale in arcsec.")
+@click.option("--survey", default="sdss", show_default=True)
+@click.option("--file-column", default="file", show_default=True, help="FITS catalogue: column with cube paths.")
+@click.option("--id-column", default="id", show_default=True)
+@click.option("--z-column", default="z_spec", show_default=True)
+@click.option("--ebv-column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
+@click.option("--mag-columns", default="", help="Comma-separated magnitude columns to store.")
+@click.option("--seed", default=0, show_default=True, help="Unused (deterministic); accepted for uniformity.")
+def import_command(source: str, out: str, bands: str, pixel_scale: float, survey: str, file_column: str,
+                   id_column: str, z_column: str, ebv_column: str, mag_columns: str, seed: int) -> None:
+    """Import SOURCE (a Pasquet-layout .npz, or a catalogue table of FITS cubes) into a cube store."""
+    band_list = bands.split(",") if "," in bands else list(bands)
+    try:
+        if source.endswith(".npz"):
+            path = import_npz(source, out, band_list, pixel_scale, survey)
+        else:
+            path = import_fits(source, out, band_list, pixel_scale, survey, file_column, id_column, z_column,
+                               None if ebv_column.lower() == "none" else ebv_column,
+                               [c for c in mag_columns.split(",") if c])
+    except CubeStoreError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {path}")
