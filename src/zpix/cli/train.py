@@ -48,6 +48,8 @@ def _common(func):
         click.option("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed."),
         click.option("--strategy", help="Lightning strategy: auto, ddp, ..."),
         click.option("--num-workers", type=int, help="DataLoader workers."),
+        click.option("--target-cubes", help="Cube store of unlabelled images of another field: adversarial domain "
+                     "adaptation to it (its z_spec is never read; options: --set domain.KEY=VALUE)."),
         click.option("--init-from", multiple=True, help="Start from a trained run or .ckpt (repeatable: a hybrid "
                      "takes its branches from an images-only and a magnitudes-only run; the first gives the head)."),
         click.option("--set", "sets", multiple=True, help="Any other option as KEY=VALUE (repeatable)."),

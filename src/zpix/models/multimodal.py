@@ -1,7 +1,10 @@
 """Multimodal CNN of Ait Ouahmed et al. (2024, A&A 683, A26): small sets of bands processed in parallel.
 
 A *modality* is a small set of bands; "first order" 2-band modalities are adjacent pairs
-(u_g, g_r, r_i, i_z for ugriz), second order skip one band (u_r, g_i, r_z), and so on.  Their best
+(u_g, g_r, r_i, i_z for ugriz), second order skip one band (u_r, g_i, r_z), and so on -- the
+slides' table of modality sizes (2, 3, 4 bands) and orders (1st, 2nd, 3rd): size 3, order 1 is
+u_g_r, g_r_i, r_i_z; ``modality_order=(1, 2)`` takes the first- and second-order modalities together
+(the slides' "2 band first and second order modalities", 4 + 3 stems for ugriz).  Their best
 and simplest configuration -- 2-band, first-order modalities, *early fusion* (about 25 % of the depth
 in parallel, 75 % common) -- is the default here:
 
@@ -17,8 +20,13 @@ grouped convolution (``groups`` = number of modalities): mathematically separate
 Modality dropout (``modality_dropout`` = p): during training each modality of each object is
 switched off (its fused maps set to 0) with probability p, at least one kept, and the kept ones are
 scaled by n_modalities / n_kept so that the expected input of the common block is unchanged (as in
-inverted dropout).  :meth:`MultimodalNet.set_modality_mask` switches modalities off at any time,
-to study how much the band correlations each one carries matter.
+inverted dropout).  :meth:`MultimodalNet.set_modality_mask` switches modalities off at any time --
+at test time, to measure how much the band correlations each one carries matter (the slides'
+"multimodality dropout" study): a network trained with modality dropout has learnt to work on any
+subset, so Δσ_MAD with modality m off measures what m adds to the others.
+
+:meth:`MultimodalNet.features` is the shared feature extractor (stems + fused trunk, flattened), the
+part a domain discriminator is attached to (:mod:`zpix.training.domain`).
 """
 
 from __future__ import annotations
@@ -41,18 +49,30 @@ from zpix.models.networks import SMALL_MODULES
 from zpix.models.registry import register_model, register_variant
 
 
-def modality_bands(n_bands: int, size: int = 2, order: int = 1) -> list[list[int]]:
+def modality_bands(n_bands: int, size: int = 2, order: int | Sequence[int] = 1) -> list[list[int]]:
     """Band indices of the modalities of ``size`` bands spaced by ``order`` (1 = adjacent).
 
     ``modality_bands(5, 2, 1)`` -> [[0, 1], [1, 2], [2, 3], [3, 4]] (u_g, g_r, r_i, i_z);
-    ``modality_bands(5, 2, 2)`` -> [[0, 2], [1, 3], [2, 4]] (u_r, g_i, r_z).
+    ``modality_bands(5, 2, 2)`` -> [[0, 2], [1, 3], [2, 4]] (u_r, g_i, r_z);
+    ``modality_bands(5, 3, 1)`` -> [[0, 1, 2], [1, 2, 3], [2, 3, 4]] (u_g_r, g_r_i, r_i_z);
+    ``modality_bands(5, 2, (1, 2))`` -> the first-order modalities followed by the second-order ones.
     """
-    if size < 1 or order < 1:
-        raise ValueError(f"modality size and order must be >= 1, got {size}, {order}")
-    span = (size - 1) * order
-    if span >= n_bands:
-        raise ValueError(f"{n_bands} bands cannot hold a modality of {size} bands of order {order}")
-    return [[start + j * order for j in range(size)] for start in range(n_bands - span)]
+    orders = [int(order)] if isinstance(order, int | float) else [int(o) for o in order]
+    if size < 1 or not orders or min(orders) < 1:
+        raise ValueError(f"modality size and order(s) must be >= 1, got {size}, {order}")
+    out: list[list[int]] = []
+    for o in orders:
+        span = (size - 1) * o
+        if span >= n_bands:
+            raise ValueError(f"{n_bands} bands cannot hold a modality of {size} bands of order {o}")
+        out += [[start + j * o for j in range(size)] for start in range(n_bands - span) if
+                [start + j * o for j in range(size)] not in out]
+    return out
+
+
+def modality_names(bands: Sequence[str], modalities: Sequence[Sequence[int]]) -> list[str]:
+    """Names such as ``u_g`` for the modalities' band lists (``bands`` names the image planes)."""
+    return ["_".join(str(bands[b]) for b in m) for m in modalities]
 
 
 class MultimodalNet(PhotoZModel):
@@ -133,16 +153,19 @@ class MultimodalNet(PhotoZModel):
         keep_f = keep.float()
         return keep_f * (self.n_modalities / keep_f.sum(dim=1, keepdim=True))
 
-    def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
-        images = check_images(images, self.n_bands, self.image_size, "MultimodalNet")
+    def features(self, images: Tensor) -> Tensor:
+        """The shared feature extractor: modality stems, fusion, common trunk, flattened (B, out_features)."""
         fused = self.stems(images.index_select(1, self.band_index))
         weights = self._modality_weights(images.shape[0], images.device)
         if weights is not None:
             # one weight per modality, repeated over that modality's maps
             per_map = weights.to(fused.dtype).repeat_interleave(self.modality_width, dim=1)
             fused = fused * per_map[:, :, None, None]
-        features = torch.flatten(self.final_pool(self.trunk(fused)), 1)
-        return self.head(features, ebv)
+        return torch.flatten(self.final_pool(self.trunk(fused)), 1)
+
+    def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
+        images = check_images(images, self.n_bands, self.image_size, "MultimodalNet")
+        return self.head(self.features(images), ebv)
 
 
 @register_model("multimodal")
@@ -154,7 +177,7 @@ def multimodal(
     z_max: float = 0.4,
     use_ebv: bool = True,
     modality_size: int = 2,
-    modality_order: int = 1,
+    modality_order: int | Sequence[int] = 1,
     modalities: Sequence[Sequence[int]] | None = None,
     width_per_band: int = 32,
     parallel_convs: int = 2,
@@ -168,8 +191,10 @@ def multimodal(
 ) -> MultimodalNet:
     """Ait Ouahmed et al. (2024): first-order 2-band modalities, early fusion, Pasquet et al. trunk.
 
-    ``modalities`` (explicit band-index lists, all the same size) overrides ``modality_size`` and
-    ``modality_order``.
+    ``modality_size`` bands per modality (2, 3, 4 in the slides' table), ``modality_order`` the
+    spacing of their bands (1: adjacent, 2: every other band, ...) or several orders together, e.g.
+    ``(1, 2)``; ``modalities`` (explicit band-index lists, all the same size) overrides both.
+    ``modality_dropout`` p switches each modality of each training object off with probability p.
     """
     if modalities is None:
         modalities = modality_bands(n_bands, modality_size, modality_order)

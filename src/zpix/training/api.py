@@ -62,6 +62,16 @@ def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -
     probe = create_model(cfg.model, **model_config)
     if probe.output_kind == "pdf":
         model_config.setdefault("n_bins", cfg.n_bins)
+    if cfg.target_cubes:  # adversarial domain adaptation to an unlabelled target field
+        from zpix.training.domain import DomainAdaptationModule
+
+        module = DomainAdaptationModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss,
+                                        huber_delta=cfg.huber_delta, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        augment=cfg.augment, channels_last=cfg.channels_last,
+                                        lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
+                                        lr_patience=cfg.lr_patience, compile=cfg.compile)
+        module.attach_domain(cfg.domain, cfg.target_cubes)
+        return module
     return PhotoZModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss, huber_delta=cfg.huber_delta,
                         lr=cfg.lr, weight_decay=cfg.weight_decay, augment=cfg.augment,
                         channels_last=cfg.channels_last, lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
@@ -88,6 +98,10 @@ def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[st
 
 def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
     dataset = CubeDataset(cfg.cubes, indices=rows, use_mags=cfg.use_mags, on_bad=cfg.on_bad)  # type: ignore[arg-type]
+    if cfg.target_cubes and shuffle:  # training objects come with target-field partners (zpix.training.domain)
+        from zpix.training.domain import domain_dataset
+
+        dataset = domain_dataset(dataset, cfg.target_cubes, cfg.domain)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
                       persistent_workers=cfg.num_workers > 0, generator=generator,
@@ -105,7 +119,9 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
     # after the normalisation: a warm-started magnitude branch keeps the statistics it was trained with
     initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from else []
-    checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor="val_loss", mode="min",
+    # best.ckpt: lowest val_loss, or the last epoch for objectives that say so (domain adaptation)
+    monitor = getattr(module, "checkpoint_monitor", "val_loss")
+    checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor=monitor, mode="min",
                                  save_top_k=1, save_last=False)
     train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
@@ -114,7 +130,8 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         # a max_steps shorter than an epoch ends that epoch there, so that it is still validated and
         # checkpointed (stopping mid-epoch would leave no val_loss and no best.ckpt)
         limit_train_batches=min(len(train_loader), cfg.max_steps) if cfg.max_steps > 0 else None,
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
+        callbacks=[checkpoint, *([EarlyStopping(monitor=monitor, patience=cfg.patience, mode="min")] if monitor
+                                 else [])],
         enable_progress_bar=cfg.progress,
         logger=L.pytorch.loggers.CSVLogger(str(member_dir.parent / "logs"), name=member_dir.name),
         deterministic=False, log_every_n_steps=max(1, min(50, len(train_loader))), enable_model_summary=False,

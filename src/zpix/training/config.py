@@ -70,6 +70,10 @@ class TrainConfig:
     # pasquet2019 CPU training from 47% to 60% of the matmul roof (benchmarks/speed.py; needs a C++ compiler)
     compile: str = "none"
     progress: bool = True
+    # adversarial domain adaptation (zpix.training.domain): a cube store of unlabelled images of the
+    # field to adapt to (its z_spec is never read), and the options of the objective (DomainConfig)
+    target_cubes: str = ""
+    domain: dict[str, Any] = field(default_factory=dict)
 
     @property
     def grid(self) -> RedshiftGrid:
