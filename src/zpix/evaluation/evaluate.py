@@ -29,7 +29,7 @@ import pandas as pd
 
 from zpix.evaluation import metrics as M
 from zpix.evaluation.nz import NZ_REQUIREMENT, nz_compare, tomographic_edges, tomographic_index
-from zpix.evaluation.trends import binned_trend
+from zpix.evaluation.trends import bias_summary, binned_trend
 from zpix.pdf import RedshiftGrid
 from zpix.plain_types import to_plain
 from zpix.prediction.format import KNOWN_EXTRA_COLUMNS, iter_pdfs, read_predictions
@@ -340,6 +340,11 @@ def method_metrics(
         nz["tomographic"].append(entry)
     tomo_flags = [t["meets_requirement"] for t in nz["tomographic"] if t["n"] > 0]
     nz["all_bins_meet_requirement"] = bool(all(tomo_flags)) if tomo_flags else None
+    # Lin et al.'s two biases: residuals against spec-z (fixed bins) and mode collapse, and the
+    # tomographic Δ<z> on this method's own equal-count z_phot bins
+    bias = bias_summary(zp, zs, n_tomo=max(1, scores.tomo_edges.size - 1), n_boot=n_boot, seed=seed)
+    for key in ("spec_z_trend_amplitude", "nz_ks", "max_tomo_bias"):
+        overall[key] = bias[key]
 
     return {
         "source": str(scores.path),
@@ -352,6 +357,7 @@ def method_metrics(
         "width68": width,
         "trends": trends,
         "nz": nz,
+        "bias": bias,
     }
 
 
@@ -362,6 +368,7 @@ def method_metrics(
 COMPARISON_KEYS = (
     "n", "bias", "mean_dz_raw", "sigma_std", "sigma_mad", "nmad", "eta", "eta_0.15", "mse", "mae", "r2",
     "crps", "pit_ks", "pit_cvm", "coverage68", "coverage95", "width68_median",
+    "spec_z_trend_amplitude", "nz_ks", "max_tomo_bias",
 )
 
 
@@ -424,6 +431,9 @@ def run_evaluation(
                 "pit_ks / pit_cvm": "KS distance sup|F_n - u| and CvM statistic n*int(F_n - u)^2 of PIT vs U(0,1)",
                 "coverage68/95": "fraction of z_spec inside the central 68%/95% PDF interval",
                 "quality_cuts": "metrics after removing the widest fraction of PDFs (68% width)",
+                "spec_z_trend_amplitude": "largest |mean dz| over fixed 0.02-wide z_spec bins with >= 100 objects",
+                "nz_ks": "KS distance between the z_phot and z_spec distributions (mode collapse)",
+                "max_tomo_bias": "largest |<z_phot> - <z_spec>| over 5 equal-count z_phot bins of the method",
             },
         },
         "n_common": int(len(scores[0].objects)),

@@ -113,3 +113,61 @@ def binned_trend(
         "n_boot": int(n_boot),
         "min_count": int(min_count),
     }
+
+
+#: Width of the fixed z bins of the bias trends (mean Δz against z_spec and against z_phot).
+BIAS_BIN_WIDTH = 0.02
+#: Bins with fewer objects do not count towards the spec-z trend amplitude.
+BIAS_MIN_COUNT = 100
+
+
+def fixed_edges(x: np.ndarray, width: float = BIAS_BIN_WIDTH) -> np.ndarray:
+    """Edges at multiples of ``width`` covering the finite values of ``x`` (the same for every method
+    scored on the same objects, unlike percentile edges)."""
+    v = np.asarray(x, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("fixed_edges: no finite values")
+    lo = np.floor(v.min() / width) * width
+    hi = max(np.ceil(v.max() / width) * width, lo + width)
+    return lo + width * np.arange(int(round((hi - lo) / width)) + 1)
+
+
+def bias_summary(
+    z_phot: np.ndarray,
+    z_spec: np.ndarray,
+    *,
+    width: float = BIAS_BIN_WIDTH,
+    min_count: int = BIAS_MIN_COUNT,
+    n_tomo: int = 5,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The numbers of Lin et al.'s two biases, for one method on its objects.
+
+    * ``spec_z_trend`` / ``phot_z_trend``: mean Δz = (z_phot − z_spec)/(1 + z_spec) in fixed bins of
+      z_spec and of z_phot (multiples of ``width``), with bootstrap errors (:func:`binned_trend`);
+    * ``spec_z_trend_amplitude``: the largest |mean Δz| over the z_spec bins holding ≥ ``min_count``
+      objects (residuals as a function of spec-z: the pull towards the training set's mode);
+    * ``nz_ks``: KS distance between the z_phot and z_spec distributions (mode collapse);
+    * ``tomographic`` and ``max_tomo_bias``: Δ⟨z⟩ in ``n_tomo`` equal-count z_phot bins and its
+      largest absolute value (the |Δ⟨z⟩| < 0.002 requirement).
+    """
+    from zpix.evaluation.metrics import delta_z
+    from zpix.evaluation.nz import nz_ks, tomographic_bias
+
+    zp, zs = np.asarray(z_phot, dtype=np.float64), np.asarray(z_spec, dtype=np.float64)
+    dz = delta_z(zp, zs)
+    spec = binned_trend(zs, dz, edges=fixed_edges(zs, width), n_boot=n_boot, seed=seed)
+    phot = binned_trend(zp, dz, edges=fixed_edges(zp, width), n_boot=n_boot, seed=seed)
+    counted = [abs(m) for m, n in zip(spec["mean_dz"], spec["n"], strict=True) if n >= min_count and np.isfinite(m)]
+    tomo = tomographic_bias(zp, zs, n_tomo)
+    return {
+        "spec_z_trend": spec,
+        "phot_z_trend": phot,
+        "spec_z_trend_amplitude": float(max(counted)) if counted else float("nan"),
+        "trend_min_count": int(min_count),
+        "nz_ks": nz_ks(zp, zs),
+        "tomographic": tomo,
+        "max_tomo_bias": tomo["max_abs"],
+    }
