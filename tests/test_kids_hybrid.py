@@ -159,8 +159,9 @@ def test_missing_magnitudes_end_to_end(kids_cubes, trained, tmp_path):
         mags[rng.random(mags.shape) < 0.15] = 99.0
         mags[: N_MOCK // 4, 4:] = np.nan  # outside the VIKING footprint
         f["mags"][...] = mags
+    # the same objects as the run's store (same fingerprint): every row, not only the test rows
     p = read_predictions(predict(result.run_dir, holes, tmp_path / "pred_holes", num_workers=0, device="cpu",
-                                 progress=False))
+                                 progress=False, split="all"))
     assert len(p.catalog) == N_MOCK and np.isfinite(p.pdfs).all()
     assert np.isfinite(p.catalog["z_mean"]).all()
 

@@ -69,15 +69,17 @@ def test_report_renders_with_all_figures(preds, tmp_path):
     for text in ("σ_MAD", "cnn", "knn", "Quality cuts", "N(z) in tomographic bins", "coverage of the 68% interval"):
         assert text in html
     assert (out / "metrics.json").exists()
-    assert not list(tmp_path.glob(".report.tmp-*"))
+    assert not list(tmp_path.glob(".report.partial-*"))
 
 
 def test_report_without_cubes_replaces_an_old_report(preds, tmp_path):
     a, _, _ = preds
     old = tmp_path / "r"
-    old.mkdir()
-    (old / "stale.png").write_bytes(b"old")
     make_report(a, old, n_boot=5, n_examples=4)
+    (old / "stale.png").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        make_report(a, old, n_boot=5, n_examples=4)
+    make_report(a, old, n_boot=5, n_examples=4, overwrite=True)
     assert not (old / "stale.png").exists()
     assert (old / "examples.png").read_bytes()[:8] == PNG_MAGIC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
@@ -91,7 +93,7 @@ def test_report_bad_cubes_fails_cleanly(preds, tmp_path):
     with pytest.raises(ValueError, match=r"bad.h5: missing dataset\(s\) \['images'\]"):
         make_report(a, tmp_path / "r", cubes=bad, n_boot=5)
     assert not (tmp_path / "r").exists()
-    assert not list(tmp_path.glob(".r.tmp-*"))
+    assert not list(tmp_path.glob(".r.partial-*"))
 
 
 def test_lupton_rgb_uses_i_r_g_as_red_green_blue():

@@ -108,21 +108,24 @@ def test_streaming_ensemble_prediction(trained, tmp_path):
 
 def test_prediction_is_atomic(trained, tmp_path, monkeypatch):
     cubes, result = trained
-    import zpix.prediction.format
+    import zpix.prediction.journal
 
     calls = {"n": 0}
-    original = zpix.prediction.format.PredictionWriter.write
+    original = zpix.prediction.journal.ChunkJournal.commit
 
-    def dying_write(self, *args, **kwargs):
+    def dying_commit(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(zpix.prediction.format.PredictionWriter, "write", dying_write)
+    monkeypatch.setattr(zpix.prediction.journal.ChunkJournal, "commit", dying_commit)
     with pytest.raises(KeyboardInterrupt):
-        zpix.predict(result.run_dir, cubes, tmp_path / "pred", batch_size=16, num_workers=0, progress=False)
-    assert list(tmp_path.iterdir()) == []
+        zpix.predict(result.run_dir, cubes, tmp_path / "pred", batch_size=16, num_workers=0, progress=False,
+                     chunk_rows=16)
+    # nothing that looks complete; only the hidden work directory with the two committed chunks
+    assert [p.name for p in tmp_path.iterdir()] == [".pred.partial-resume"]
+    assert len(list((tmp_path / ".pred.partial-resume" / "journal").glob("chunk-*.npz"))) == 2
 
 
 def test_learns_redshift_better_than_the_prior(trained, tmp_path):

@@ -245,9 +245,10 @@ class KNNPhotoZ:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"config": asdict(self.config), "bands": self.bands, "feature_names": self.feature_names}
-        tmp = path.with_name(path.name + ".partial.npz")
-        np.savez(tmp, x=self.x, z=self.z, meta=np.array(json.dumps(meta)))
-        tmp.replace(path)
+        from zpix.atomic import atomic_file
+
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, x=self.x, z=self.z, meta=np.array(json.dumps(meta)))
         return path
 
     @classmethod
@@ -267,6 +268,7 @@ def run_knn(
     config: KNNConfig | None = None,
     model_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    split: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Fit on ``train``'s labelled objects, predict ``test`` into the prediction directory ``out``.
@@ -274,6 +276,7 @@ def run_knn(
     The directory has the layout every zpix model writes (``method="knn"``), so ``zpix evaluate
     --compare`` puts it beside a CNN.  Returns timings and counts.
     """
+    from zpix.baselines.tables import rows_record
     from zpix.prediction.format import write_predictions
 
     cfg = config or KNNConfig(**options)
@@ -293,5 +296,6 @@ def run_knn(
                       meta={"baseline": "knn", "config": asdict(cfg), "bands": train.bands,
                             "features": model.feature_names, "n_train": int(len(model.z)),
                             "train": train.source, "test": test.source,
-                            "model": None if model_path is None else str(model_path)})
+                            "model": None if model_path is None else str(model_path),
+                            "rows": rows_record(train, test, split)})
     return {"train_s": train_s, "predict_s": predict_s, "n_train": int(len(model.z)), "n_test": len(test)}

@@ -135,8 +135,11 @@ class MagNet:
             raise RuntimeError("MagNet.save: no checkpoint to save")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.checkpoint, path)
-        path.with_suffix(".json").write_text(json.dumps({"bands": self.bands, "colours": self.colours}))
+        from zpix.atomic import atomic_file, write_json
+
+        with atomic_file(path) as tmp:
+            shutil.copyfile(self.checkpoint, tmp)
+        write_json(path.with_suffix(".json"), {"bands": self.bands, "colours": self.colours}, indent=None)
         return path
 
     @classmethod
@@ -221,9 +224,11 @@ def run_magnet(
     config: MagNetConfig | None = None,
     model_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    split: dict[str, Any] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train on ``train``, predict ``test`` into the prediction directory ``out`` (``method="magnet"``)."""
+    from zpix.baselines.tables import rows_record
     from zpix.prediction.format import write_predictions
 
     cfg = config or MagNetConfig(**options)
@@ -238,5 +243,6 @@ def run_magnet(
                       method="magnet", overwrite=overwrite,
                       meta={"baseline": "magnet", "model_name": MODEL_NAME, "bands": train.bands,
                             "train": train.source, "test": test.source, **summary,
-                            "model": None if model_path is None else str(model_path)})
+                            "model": None if model_path is None else str(model_path),
+                            "rows": rows_record(train, test, split)})
     return {**summary, "predict_s": predict_s, "n_test": len(test)}

@@ -247,3 +247,40 @@ def load_magnitudes(
         extra=extra,
         source=str(p),
     )
+
+
+def run_split_tables(run: str | os.PathLike, cubes: str | os.PathLike | None = None,
+                     bands: Sequence[str] | None = None) -> tuple[MagnitudeTable, MagnitudeTable, dict]:
+    """The training and test catalogues of a trained run: its cube store's magnitudes at the run's
+    train + validation rows (every object the network learned from) and at its test rows.
+
+    ``cubes`` defaults to the run's own cube store; another one must hold the very same objects
+    (fingerprint of ids and z_spec), since the split is a list of row numbers.
+    """
+    from zpix.runs import InputSpec, RunInputError, load_split, run_dir_of
+    from zpix.store.cube_store import CubeStore
+    from zpix.training.config import TrainConfig
+
+    run_dir = run_dir_of(run)
+    if run_dir is None:
+        raise RunInputError(f"--split needs a run directory written by `zpix train`, not {run}")
+    cubes = Path(cubes) if cubes is not None else Path(TrainConfig.from_yaml(run_dir / "config.yaml").cubes)
+    split = load_split(run_dir)
+    spec = InputSpec.load(run_dir)
+    with CubeStore(cubes, validate=False) as store:
+        own = spec.same_store(store) if spec is not None else len(store) > int(
+            max(split.train.max(initial=0), split.val.max(initial=0), split.test.max(initial=0)))
+    if not own:
+        raise RunInputError(f"{cubes} is not the cube store {run_dir} was split on (other ids/z_spec); "
+                            "--split needs the run's own cube store")
+    table = _from_cube_store(cubes, bands)
+    train = table.subset(np.union1d(split.train, split.val))
+    test = table.subset(split.test)
+    return train, test, {"split": "test", "run": str(run_dir)}
+
+
+def rows_record(train: MagnitudeTable, test: MagnitudeTable, split: dict | None = None) -> dict:
+    """Which objects a baseline predicted, and how many of them it was trained on (matched by id):
+    `zpix evaluate` refuses to score those."""
+    overlap = int(np.isin(test.ids, train.labelled().ids).sum())
+    return {**(split or {"split": "all"}), "n_rows": len(test), "n_training_rows": overlap}

@@ -15,9 +15,13 @@ def _bands(text: str | None) -> list[str] | None:
 
 @click.command("baseline")
 @click.argument("method", type=click.Choice(["knn", "magnet"]))
-@click.option("--train", "train_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--split", "split_run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A run directory from `zpix train`: train on its training + validation rows and predict its test "
+                   "rows of its cube store (or of --train, which must hold the same objects), for a leak-free "
+                   "`zpix evaluate --compare` against the run.")
+@click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False),
               help="Training catalogue: a cube store .h5 (its mags) or a table (.parquet/.fits/.csv/whitespace text).")
-@click.option("--test", "test_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False),
               help="Catalogue to predict (same formats).")
 @click.option("--out", required=True, type=click.Path(), help="Prediction directory to write.")
 @click.option("--columns", default=None,
@@ -32,7 +36,8 @@ def _bands(text: str | None) -> list[str] | None:
               help="Also save the fitted model (knn: .npz, magnet: .ckpt + .json).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-def baseline_command(method: str, train_path: str, test_path: str, out: str, columns: str | None,
+def baseline_command(method: str, split_run: str | None, train_path: str | None, test_path: str | None, out: str,
+                     columns: str | None,
                      bands: str | None, z_max: float, n_bins: int, k: int, max_epochs: int, model_out: str | None,
                      seed: int, overwrite: bool) -> None:
     """Photo-z from magnitudes alone: METHOD knn (Beck et al. 2016 local linear k-NN) or magnet
@@ -40,20 +45,28 @@ def baseline_command(method: str, train_path: str, test_path: str, out: str, col
 
     Writes the same prediction directory as `zpix predict`, for `zpix evaluate --compare`.
     """
-    from zpix.baselines.tables import load_magnitudes
+    from zpix.baselines.tables import load_magnitudes, run_split_tables
 
+    if split_run is None and not (train_path and test_path):
+        raise click.UsageError("give --train and --test catalogues, or --split RUN")
+    if split_run is not None and test_path:
+        raise click.UsageError("--split RUN predicts the run's test rows; drop --test")
     try:
-        train = load_magnitudes(train_path, columns=columns, bands=_bands(bands))
-        test = load_magnitudes(test_path, columns=columns, bands=_bands(bands) or train.bands)
+        split = None
+        if split_run is not None:
+            train, test, split = run_split_tables(split_run, train_path, bands=_bands(bands))
+        else:
+            train = load_magnitudes(train_path, columns=columns, bands=_bands(bands))
+            test = load_magnitudes(test_path, columns=columns, bands=_bands(bands) or train.bands)
         if method == "knn":
             from zpix.baselines.knn import run_knn
 
-            info = run_knn(train, test, out, model_path=model_out, overwrite=overwrite, k=k, z_max=z_max,
-                           n_bins=n_bins)
+            info = run_knn(train, test, out, model_path=model_out, overwrite=overwrite, split=split, k=k,
+                           z_max=z_max, n_bins=n_bins)
         else:
             from zpix.baselines.magnet import run_magnet
 
-            info = run_magnet(train, test, out, model_path=model_out, overwrite=overwrite, z_max=z_max,
+            info = run_magnet(train, test, out, model_path=model_out, overwrite=overwrite, split=split, z_max=z_max,
                               n_bins=n_bins, max_epochs=max_epochs, seed=seed)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err

@@ -39,10 +39,12 @@ def _floats(text: str | None) -> list[float] | None:
 @click.option("--tomo-edges", default=None, help="Explicit tomographic edges, e.g. 0.02,0.08,0.12,0.2,0.4")
 @click.option("--n-boot", type=int, default=200, show_default=True, help="Bootstrap resamples for trend errors.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-training-rows", is_flag=True,
+              help="Score objects the model was trained or validated on (refused by default: they flatter it).")
 def evaluate_command(predictions: str, truth: str | None, compare: tuple[str, ...], out: str,
                      objects_out: str | None, point: str, outlier_thresholds: tuple[float, ...],
                      quality_cuts: tuple[float, ...], n_tomo: int, tomo_edges: str | None, n_boot: int,
-                     seed: int) -> None:
+                     seed: int, allow_training_rows: bool) -> None:
     """Photo-z metrics of PREDICTIONS (a `zpix predict` directory) as JSON.
 
     Point metrics (bias, σ_MAD, NMAD, η, MSE, MAE, R²), PDF metrics (CRPS, PIT, coverage),
@@ -51,8 +53,9 @@ def evaluate_command(predictions: str, truth: str | None, compare: tuple[str, ..
     try:
         result = evaluate(predictions, truth=truth, compare=compare, out=out, objects_out=objects_out,
                           point=point, outlier_thresholds=outlier_thresholds, quality_cuts=quality_cuts,
-                          n_tomo=n_tomo, tomo_edges=_floats(tomo_edges), n_boot=n_boot, seed=seed)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+                          n_tomo=n_tomo, tomo_edges=_floats(tomo_edges), n_boot=n_boot, seed=seed,
+                          allow_training_rows=allow_training_rows)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(format_summary(result))
     click.echo(f"wrote {out}")
@@ -61,7 +64,9 @@ def evaluate_command(predictions: str, truth: str | None, compare: tuple[str, ..
 @click.command("report")
 @click.argument("predictions", type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True,
-              help="Directory for index.html, the PNG figures and metrics.json (replaced if it exists).")
+              help="Directory for index.html, the PNG figures and metrics.json (a new one, or an older report "
+                   "with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report directory (never anything else).")
 @click.option("--compare", multiple=True, type=click.Path(exists=True),
               help="Another prediction directory to show side by side (repeatable).")
 @click.option("--truth", type=click.Path(exists=True), default=None,
@@ -73,12 +78,16 @@ def evaluate_command(predictions: str, truth: str | None, compare: tuple[str, ..
 @click.option("--n-examples", type=int, default=12, show_default=True)
 @click.option("--n-boot", type=int, default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def report_command(predictions: str, out: str, compare: tuple[str, ...], truth: str | None, cubes: str | None,
-                   point: str, n_examples: int, n_boot: int, seed: int) -> None:
+@click.option("--allow-training-rows", is_flag=True,
+              help="Score objects the model was trained or validated on (refused by default: they flatter it).")
+def report_command(predictions: str, out: str, overwrite: bool, compare: tuple[str, ...], truth: str | None,
+                   cubes: str | None, point: str, n_examples: int, n_boot: int, seed: int,
+                   allow_training_rows: bool) -> None:
     """HTML report with the Pasquet et al. (2019) figures for PREDICTIONS (and --compare methods)."""
     try:
         page = make_report(predictions, out, compare=compare, truth=truth, cubes=cubes, n_examples=n_examples,
-                           seed=seed, point=point, n_boot=n_boot)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+                           seed=seed, point=point, n_boot=n_boot, overwrite=overwrite,
+                           allow_training_rows=allow_training_rows)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {page}")

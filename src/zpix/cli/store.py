@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
-from zpix.store.cube_store import CubeStore, CubeStoreError, OnBad
+from zpix.store.cube_store import ON_BAD_DEFAULT, CubeStore, CubeStoreError, OnBad
 from zpix.store.importers import import_fits, import_npz
 
 
 @click.command("info")
 @click.argument("cubes", type=click.Path(dir_okay=False))
-@click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default="zero", show_default=True)
+@click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default=ON_BAD_DEFAULT, show_default=True,
+              help="Objects with NaN/inf pixels: stop (error), leave out (drop) or set those pixels to 0 (zero); "
+                   "the same choice and default as train and predict.")
 def info_command(cubes: str, on_bad: OnBad) -> None:
     """Validate a cube store and summarise what it holds."""
     try:
@@ -31,9 +33,8 @@ def info_command(cubes: str, on_bad: OnBad) -> None:
 @click.option("--z-column", default="z_spec", show_default=True)
 @click.option("--ebv-column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
 @click.option("--mag-columns", default="", help="Comma-separated magnitude columns to store.")
-@click.option("--seed", default=0, show_default=True, help="Unused (deterministic); accepted for uniformity.")
 def import_command(source: str, out: str, bands: str, pixel_scale: float, survey: str, file_column: str,
-                   id_column: str, z_column: str, ebv_column: str, mag_columns: str, seed: int) -> None:
+                   id_column: str, z_column: str, ebv_column: str, mag_columns: str) -> None:
     """Import SOURCE (a Pasquet-layout .npz, or a catalogue table of FITS cubes) into a cube store."""
     band_list = bands.split(",") if "," in bands else list(bands)
     try:

@@ -10,7 +10,11 @@ import click
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from zpix.store.cube_store import ON_BAD_DEFAULT
 from zpix.training.config import TrainConfig
+
+#: The errors of the library that a command turns into one message.
+ERRORS = (ValueError, FileNotFoundError, FileExistsError)
 
 
 def _resolve(config: str | None, options: dict[str, Any], sets: tuple[str, ...]) -> TrainConfig:
@@ -50,6 +54,10 @@ def _common(func):
         click.option("--num-workers", type=int, help="DataLoader workers."),
         click.option("--target-cubes", help="Cube store of unlabelled images of another field: adversarial domain "
                      "adaptation to it (its z_spec is never read; options: --set domain.KEY=VALUE)."),
+        click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default=None,
+                     help=f"Objects with NaN/inf pixels: stop (error), leave out (drop) or set those pixels to 0 "
+                     f"(zero). Default: the config's, else {ON_BAD_DEFAULT}."),
+        click.option("--progress/--no-progress", default=None, help="Show progress bars (default: the config's)."),
         click.option("--init-from", multiple=True, help="Start from a trained run or .ckpt (repeatable: a hybrid "
                      "takes its branches from an images-only and a magnitudes-only run; the first gives the head)."),
         click.option("--set", "sets", multiple=True, help="Any other option as KEY=VALUE (repeatable)."),
@@ -67,14 +75,23 @@ def _devices(options: dict[str, Any]) -> dict[str, Any]:
 
 @click.command("train")
 @_common
-def train_command(config: str | None, sets: tuple[str, ...], **options: Any) -> None:
+@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue the killed run in this directory (its own config, split and cube store; finished "
+                   "members are kept, the others continue from their last.ckpt). No other option may be given.")
+def train_command(config: str | None, sets: tuple[str, ...], resume: str | None, **options: Any) -> None:
     """Train a model (or an ensemble) and save checkpoints with the config beside them."""
-    from zpix.training.api import train
+    from zpix.training import api
 
+    given = [k for k, v in options.items() if v is not None and v != ()] + (["config"] if config else []) + (
+        ["set"] if sets else [])
     try:
-        cfg = _resolve(config, _devices(options), sets)
-        result = train(cfg)
-    except (ValueError, FileNotFoundError) as err:
+        if resume:
+            if given:
+                raise click.UsageError(f"--resume continues a run with its saved config; drop {given}")
+            result = api.resume(resume)
+        else:
+            result = api.train(_resolve(config, _devices(options), sets))
+    except ERRORS as err:
         raise click.ClickException(str(err)) from err
     _report(result)
 
@@ -96,6 +113,6 @@ def kfold_command(config: str | None, sets: tuple[str, ...], k: int, **options: 
 
     try:
         doc = kfold(_resolve(config, _devices(options), sets), k=k)
-    except (ValueError, FileNotFoundError) as err:
+    except ERRORS as err:
         raise click.ClickException(str(err)) from err
     click.echo(json.dumps({"mean": doc["mean"], "std": doc["std"]}, indent=2))

@@ -18,7 +18,6 @@ The PDFs are streamed chunk by chunk; only per-object scalars are held in memory
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,8 +385,14 @@ def run_evaluation(
     seed: int = 0,
     nz_requirement: float = NZ_REQUIREMENT,
     chunk_size: int = 25_000,
+    allow_training_rows: bool = False,
 ) -> tuple[list[MethodScores], dict[str, Any]]:
-    """Scores and the metrics dictionary; :func:`evaluate` and the report build on this."""
+    """Scores and the metrics dictionary; :func:`evaluate` and the report build on this.
+
+    Predictions that cover objects their model was trained or validated on (their meta says so, see
+    :func:`zpix.runs.select_rows`) are refused unless ``allow_training_rows``: such scores flatter.
+    """
+    check_training_rows([predictions, *compare], allow_training_rows)
     scores = score_predictions(predictions, compare, truth, point, n_tomo, tomo_edges, chunk_size)
     # shared trend bins, so that compared methods are plotted on the same x bins
     first = scores[0].objects
@@ -444,6 +449,21 @@ def run_evaluation(
     return scores, to_plain(result, finite=True)
 
 
+def check_training_rows(paths: Sequence[str | Path], allow: bool) -> None:
+    """Refuse (unless ``allow``) prediction directories whose rows include their model's training/validation rows."""
+    from zpix.prediction.format import read_meta
+
+    for path in paths:
+        rows = (read_meta(_prediction_dir(path)).get("meta") or {}).get("rows") or {}
+        n = int(rows.get("n_training_rows", 0) or 0)
+        if n and not allow:
+            raise ValueError(
+                f"{path}: {n} of its {rows.get('n_rows', '?')} objects were used to train or validate the model "
+                f"(rows: {rows.get('split')}); their scores would flatter it. Predict the run's test rows "
+                "(`zpix predict RUN CUBES` does by default on the run's own cube store) or pass "
+                "--allow-training-rows to score them anyway")
+
+
 def evaluate(
     predictions: str | Path,
     truth: str | Path | None = None,
@@ -460,16 +480,14 @@ def evaluate(
     tomo_edges, n_trend_bins, n_boot, seed, nz_requirement, chunk_size).
     """
     scores, result = run_evaluation(predictions, truth=truth, compare=compare, **kwargs)
+    from zpix.atomic import atomic_file, write_json
+
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".partial")
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1, allow_nan=False)
-        tmp.replace(out)  # never a half-written metrics.json
+        write_json(out, result, indent=1, allow_nan=False)  # never a half-written metrics.json
     if objects_out is not None:
         frames = [s.objects.assign(method=s.name) for s in scores]
-        pd.concat(frames, ignore_index=True).to_parquet(objects_out)
+        with atomic_file(objects_out) as tmp:
+            pd.concat(frames, ignore_index=True).to_parquet(tmp)
     return result
 
 

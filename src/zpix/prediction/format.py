@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zpix.atomic import AtomicDir
 from zpix.pdf import RedshiftGrid, _as_pdfs, normalize, point_estimates, to_qp
 from zpix.plain_types import to_plain
 
@@ -67,6 +66,9 @@ class PredictionWriter:
     overwrite : replace an existing ``out_dir`` at close (the old one stays until then).
     pdf_dtype : storage type of the PDF densities; "float32" halves the file for survey-size runs
         (relative precision 6e-8, far below any metric's sensitivity).
+    pdf_format : a compact qp representation of :mod:`zpix.prediction.pdf_formats` (``hist16``,
+        ``quantiles:K``...) instead of the hist in ``pdf_dtype``; the catalogue's point estimates are
+        computed before, from the full PDFs.
     row_group_rows : catalogue rows gathered before a Parquet row group is written (one row group
         per prediction batch would make thousands of tiny row groups on a survey-size run).
     """
@@ -81,12 +83,15 @@ class PredictionWriter:
         overwrite: bool = False,
         pdf_dtype: str = "float64",
         row_group_rows: int = 65_536,
+        work: AtomicDir | None = None,
+        pdf_format: str | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.row_group_rows = int(row_group_rows)
         if self.row_group_rows < 1:
             raise ValueError(f"PredictionWriter: row_group_rows must be >= 1, got {row_group_rows}")
         self.pdf_dtype = np.dtype(pdf_dtype)
+        self.pdf_format = pdf_format  # None: hist in pdf_dtype; else a zpix.prediction.pdf_formats spec
         if self.pdf_dtype not in (np.dtype("float32"), np.dtype("float64")):
             raise ValueError(f"PredictionWriter: pdf_dtype must be float32 or float64, got {pdf_dtype}")
         self.grid = grid
@@ -96,14 +101,10 @@ class PredictionWriter:
         self.overwrite = overwrite
         if self.n_total < 1:
             raise ValueError(f"PredictionWriter: n_total must be >= 1, got {n_total}")
-        if self.out_dir.exists() and not overwrite:
-            raise FileExistsError(
-                f"{self.out_dir} already exists; choose another --out or pass overwrite=True"
-            )
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden and beside the target, so the final rename stays on one filesystem.
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.tmp_dir.mkdir()
+        # the temporary directory (zpix.atomic): hidden beside the target, carrying the predictions marker;
+        # an existing target is replaced only if it is an older prediction directory (and overwrite)
+        self._work = work if work is not None else AtomicDir(self.out_dir, "predictions", overwrite=overwrite)
+        self.tmp_dir = self._work.path
         self.n_written = 0
         self._h5_groups: Any = None
         self._h5_file: Any = None
@@ -209,7 +210,12 @@ class PredictionWriter:
         # RAIL estimators attach zmode/zmean/zmedian as ancil; do the same so RAIL tools find them.
         ancil = {"zmode": est["z_mode"], "zmean": est["z_mean"], "zmedian": est["z_median"]}
         # qp allocates the HDF5 dataset with the dtype of the first chunk's arrays
-        ens = to_qp(p, self.grid, ancil=ancil, dtype=self.pdf_dtype)
+        if self.pdf_format is None:
+            ens = to_qp(p, self.grid, ancil=ancil, dtype=self.pdf_dtype)
+        else:
+            from zpix.prediction.pdf_formats import encode
+
+            ens = encode(p, self.grid, self.pdf_format, ancil=ancil)
         if self._h5_file is None:
             self._ens0 = ens
             self._h5_groups, self._h5_file = ens.initializeHdf5Write(
@@ -264,15 +270,7 @@ class PredictionWriter:
             yaml.safe_dump(meta, f, sort_keys=False)
 
     def _move_into_place(self) -> None:
-        old = None
-        if self.out_dir.exists():
-            if not self.overwrite:
-                raise FileExistsError(f"{self.out_dir} appeared while writing; not overwriting it")
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(self.out_dir, old)
-        os.rename(self.tmp_dir, self.out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        self._work.commit()
 
     def abort(self) -> None:
         """Close any open file and delete the temporary directory; the target is left untouched."""
@@ -285,7 +283,8 @@ class PredictionWriter:
             except Exception:  # noqa: BLE001 - best effort on the way out of an error
                 pass
         self._h5_file = self._pq_writer = None
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        if not self._work.keep_on_error:
+            self._work.abort()
         self._closed = True
 
 
@@ -347,7 +346,9 @@ def _check_dir(path: Path) -> None:
             f"{path} is a file; a prediction output is a directory holding {PDF_FILE}, "
             f"{CATALOG_FILE} and {META_FILE} (written by `zpix predict` or write_predictions)"
         )
-    missing = [f for f in (META_FILE, CATALOG_FILE, PDF_FILE) if not (path / f).is_file()]
+    # a partitioned directory (zpix.prediction.distributed) holds catalog.parquet as a Parquet dataset directory
+    missing = [f for f in (META_FILE, CATALOG_FILE, PDF_FILE)
+               if not ((path / f).is_file() or (f == CATALOG_FILE and (path / f).is_dir()))]
     if missing:
         raise FileNotFoundError(
             f"{path} is not a complete prediction directory: missing {', '.join(missing)}. "

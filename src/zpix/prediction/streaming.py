@@ -18,9 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from zpix.atomic import AtomicDir
 from zpix.pdf import RedshiftGrid
+from zpix.plain_types import to_plain
 from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions
-from zpix.runs import checkpoint_paths
+from zpix.prediction.journal import ChunkJournal, file_identity, rows_digest
+from zpix.runs import RunInputError, check_inputs, checkpoint_paths, select_rows
 from zpix.store.cube_store import CubeStore
 from zpix.store.dataset import CubeDataset
 from zpix.training.module import PhotoZModule
@@ -52,6 +55,17 @@ def _extra_columns(store: CubeStore) -> list[str]:
     return names
 
 
+def check_model_fits(model: str | os.PathLike, module: PhotoZModule, store: CubeStore) -> None:
+    """The network's own input size against the cube store (also for bare checkpoints and older runs)."""
+    config = module.hparams.model_config
+    want = (config.get("n_bands"), config.get("image_size"))
+    n_bands, height, width = store.image_shape
+    if want[0] is not None and (n_bands, height, width) != (want[0], want[1], want[1]):
+        raise RunInputError(f"cannot predict {store.path} with {model}: the cube store has {n_bands} bands of "
+                            f"{height}x{width} pixels but the trained network reads {want[0]} bands of "
+                            f"{want[1]}x{want[1]}; use a cube store made like its training data")
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -68,38 +82,106 @@ def predict(
     overwrite: bool = False,
     progress: bool = True,
     pdf_dtype: str = "float32",
+    calibrate: bool = True,
+    split: str = "auto",
+    chunk_rows: int = 4096,
+    pdf_format: str | None = None,
+    members: list[PhotoZModule] | None = None,
 ) -> Path:
-    """Predict PDFs for ``rows`` of ``cubes`` (default: all valid rows) with the model/ensemble ``model``."""
+    """Predict PDFs for ``rows`` of ``cubes`` with the model/ensemble ``model``.
+
+    ``pdf_format`` stores the PDFs in a compact qp representation (``zpix.prediction.pdf_formats``;
+    default: hist with ``pdf_dtype``); ``members`` are the already loaded members of ``model`` (a Dask
+    worker or a RAIL stage loads them once for many calls).
+
+    Without ``rows``, ``split`` picks them (:func:`zpix.runs.select_rows`): "auto" takes the run's test
+    rows when ``cubes`` is the run's own cube store and every row otherwise.  The cube store is checked
+    against the run's input spec first.  Finished chunks of ``chunk_rows`` are committed to a journal
+    (:mod:`zpix.prediction.journal`): a killed run, rerun with the same arguments, continues.
+
+    With ``calibrate`` the run's fitted calibration (``calibration.json``, see ``zpix.calibration``) is
+    applied to the ensemble mean; without it, or where the run has none, the PDFs are the network's own.
+    """
+    from zpix.calibration import load_calibration
+
     device = device or default_device()
-    members = load_ensemble(model, device)
+    calibration = load_calibration(model) if calibrate else None
+    members = members or load_ensemble(model, device)
     first = members[0]
     grid = RedshiftGrid.from_dict(first.hparams.grid)
-    use_mags = any(bool(getattr(m.model, "zpix_config", {}).get("n_mags", 0)) for m in members)
+    # whether the network reads magnitudes is the trained model's own property (a hybrid-images run has
+    # none), never the factory's default n_mags
+    use_mags = any(bool(getattr(m.model, "use_mags", False)) for m in members)
+    with CubeStore(cubes, on_bad=on_bad) as store:  # type: ignore[arg-type]
+        check_inputs(model, store, needs_mags=use_mags)
+        check_model_fits(model, first, store)
+        rows, selection = select_rows(model, store, split, rows=rows)
     dataset = CubeDataset(cubes, indices=rows, use_mags=use_mags, on_bad=on_bad)  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.startswith("cuda"))
+    order = np.asarray(dataset.indices, dtype=np.int64).copy()
+    if order.size == 0:
+        raise ValueError(f"{cubes}: no rows to predict (selection {selection['split']!r}, on_bad {on_bad!r})")
+    # chunks are whole batches, so a resumed run forms the same batches as an uninterrupted one
+    chunk_rows = max(1, int(chunk_rows) // batch_size) * batch_size
+    n_chunks = -(-order.size // chunk_rows)
     meta: dict[str, Any] = {"model": str(model), "members": [str(p) for p in checkpoint_paths(model)],
-                            "model_name": first.hparams.model_name, "cubes": str(cubes)}
+                            "model_name": first.hparams.model_name, "cubes": str(cubes),
+                            "calibration": [st.to_dict() for st in calibration.steps] if calibration else [],
+                            "rows": selection}
+    key = to_plain({"members": [file_identity(p) for p in checkpoint_paths(model)], "store": selection["store"],
+                    "cubes": str(Path(cubes).resolve()), "rows": rows_digest(order), "batch_size": batch_size,
+                    "chunk_rows": chunk_rows, "device": torch.device(device).type, "on_bad": on_bad,
+                    "calibration": meta["calibration"]})
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
-    with CubeStore(cubes, on_bad=on_bad, validate=False) as store:  # type: ignore[arg-type]
-        extra_names = _extra_columns(store)
-        ids_ds = store.file["ids"]
-        with PredictionWriter(out, grid, len(dataset), method="cnn", meta=meta, overwrite=overwrite,
-                              pdf_dtype=pdf_dtype) as writer, torch.inference_mode():
-            for batch in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with autocast:
-                    probs = torch.stack([m(batch) for m in members]).float().mean(0)
-                index = batch["index"].cpu().numpy()
-                order = np.argsort(index)
-                # h5py reads want increasing rows; undo the sort after
-                inv = np.argsort(order)
-                sorted_rows = index[order]
-                extra = {name.split("/")[-1]: store.file[name][sorted_rows][inv] for name in extra_names}
-                ids = ids_ds[sorted_rows][inv]
-                ids = ids.astype(str) if ids.dtype.kind == "O" else ids
-                writer.write(ids, probs.cpu().numpy().astype(np.float64), batch["z"].cpu().numpy(), extra)
+    work = AtomicDir(out, "predictions", overwrite=overwrite, token="resume", keep_on_error=True)
+    journal = ChunkJournal(work.path, key)
+    try:
+        todo = [i for i in range(n_chunks) if i not in journal.done()]
+        if todo:
+            dataset.indices = np.concatenate([order[i * chunk_rows:(i + 1) * chunk_rows] for i in todo])
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                pin_memory=device.startswith("cuda"))
+            with CubeStore(cubes, on_bad=on_bad, validate=False) as store:  # type: ignore[arg-type]
+                extra_names = _extra_columns(store)
+                ids_ds = store.file["ids"]
+                pending: list[dict[str, np.ndarray]] = []
+                chunks = iter(todo)
+                current = next(chunks)
+                with torch.inference_mode():
+                    for batch in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
+                        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                        with autocast:
+                            probs = torch.stack([m(batch) for m in members]).float().mean(0)
+                        index = batch["index"].cpu().numpy()
+                        order_b = np.argsort(index)
+                        # h5py reads want increasing rows; undo the sort after
+                        inv = np.argsort(order_b)
+                        sorted_rows = index[order_b]
+                        part = {f"x_{name.split('/')[-1]}": store.file[name][sorted_rows][inv]
+                                for name in extra_names}
+                        ids = ids_ds[sorted_rows][inv]
+                        part["ids"] = ids.astype(str) if ids.dtype.kind == "O" else ids
+                        pdfs = probs.cpu().numpy()
+                        part["pdfs"] = calibration(pdfs.astype(np.float64)) if calibration else pdfs
+                        part["z"] = batch["z"].cpu().numpy()
+                        pending.append(part)
+                        if sum(len(p["ids"]) for p in pending) == min(chunk_rows, order.size - current * chunk_rows):
+                            journal.commit(current, {k: np.concatenate([p[k] for p in pending]) for k in part})
+                            pending, current = [], next(chunks, -1)
+        with PredictionWriter(out, grid, order.size, method="cnn", meta=meta, overwrite=overwrite,
+                              pdf_dtype=pdf_dtype, work=work, pdf_format=pdf_format) as writer:
+            for chunk in journal.chunks(n_chunks):
+                extra = {k[2:]: v for k, v in chunk.items() if k.startswith("x_")}
+                writer.write(chunk["ids"], chunk["pdfs"].astype(np.float64), chunk["z"], extra)
+            journal.clear()
+            journal.close()
+    except KeyboardInterrupt:
+        journal.close()  # the committed chunks stay: rerunning the same command continues
+        raise
+    except BaseException:
+        journal.close()
+        work.abort()
+        raise
     return Path(out)
 
 
@@ -112,8 +194,12 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike, ov
         raise ValueError(f"cannot merge predictions on different grids: {[str(p) for p in parts]}")
     core = {"id", "z_mean", "z_median", "z_mode", "z_lo68", "z_hi68", "width68", "z_spec"}
     n_total = sum(len(info) for info in infos)
+    # the merged rows include training objects if any part does (zpix evaluate checks this)
+    n_training = sum(int(((info.meta.get("meta") or {}).get("rows") or {}).get("n_training_rows", 0))
+                     for info in infos)
+    rows = {"split": "merged", "n_rows": n_total, "n_training_rows": n_training}
     with PredictionWriter(out, grid, n_total, method=infos[0].method, overwrite=overwrite,
-                          meta={"merged_from": [str(p) for p in parts]}) as writer:
+                          meta={"merged_from": [str(p) for p in parts], "rows": rows}) as writer:
         for part, info in zip(parts, infos, strict=True):
             cat = info.catalog
             for start, stop, pdfs in iter_pdfs(part, chunk_size):

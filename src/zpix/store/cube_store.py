@@ -12,8 +12,8 @@ Layout (format version 1; see ``docs/cube_store.md``)::
     /catalog/<c> (N,)           optional 1-D per-object columns (r_mag, axis_ratio, ...)
     attrs: bands, pixel_scale_arcsec, survey, zpix_format_version, mag_names, ...
 
-Writing goes to ``<name>.partial`` and is renamed into place only when the writer
-closes cleanly, so a file with the final name is always complete.
+Writing goes to ``.<name>.partial-<token>`` (:func:`zpix.atomic.temp_path`) and is renamed into
+place only when the writer closes cleanly, so a file with the final name is always complete.
 """
 
 from __future__ import annotations
@@ -26,9 +26,13 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from zpix.atomic import partial_paths, temp_path
+
 FORMAT_VERSION = 1
 REQUIRED = ("images", "z_spec", "ebv", "ids")
 OnBad = Literal["error", "drop", "zero"]
+#: The one default of every command that reads cubes: stop at NaN/inf pixels, saying how to go on.
+ON_BAD_DEFAULT: OnBad = "error"
 
 
 class CubeStoreError(ValueError):
@@ -66,7 +70,7 @@ class CubeWriter:
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
         self.mag_names = tuple(str(m) for m in mag_names) if mag_names else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".partial")
+        self._tmp = temp_path(self.path)
         self._file = h5py.File(self._tmp, "w")
         self._file.attrs.update(
             {
@@ -194,16 +198,17 @@ class CubeStore:
     keeps them and :meth:`images` returns them with those pixels set to 0.
     """
 
-    def __init__(self, path: str | os.PathLike, on_bad: OnBad = "error", validate: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, on_bad: OnBad = ON_BAD_DEFAULT, validate: bool = True) -> None:
         self.path = Path(path)
         if on_bad not in ("error", "drop", "zero"):
             raise ValueError(f"on_bad must be 'error', 'drop' or 'zero', not {on_bad!r}")
         self.on_bad = on_bad
         if not self.path.exists():
-            partial = self.path.with_name(self.path.name + ".partial")
+            partial = partial_paths(self.path) + [self.path.with_name(self.path.name + ".partial")]
             hint = ""
-            if partial.exists():
-                hint = f" ({partial.name} exists: the run that wrote it did not finish; rerun it)"
+            if any(p.exists() for p in partial):
+                name = next(p for p in partial if p.exists()).name
+                hint = f" ({name} exists: the run that writes it has not finished, or was killed; rerun it)"
             raise CubeStoreError(f"cube store {self.path} not found{hint}")
         try:
             self._file: h5py.File | None = h5py.File(self.path, "r")

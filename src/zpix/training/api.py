@@ -1,19 +1,16 @@
 """Training entry points: one model, an ensemble (Pasquet 2019 Sect. 3.8), k-fold cross-validation.
 
-A run directory holds everything needed to reuse it::
-
-    run/config.yaml          the TrainConfig + library versions
-    run/split.npz            train / val / test rows of the cube store
-    run/member_<k>/best.ckpt best-validation checkpoint of ensemble member k (seed + k)
-    run/summary.json         per-member validation scores and timings
+A run directory (:mod:`zpix.runs`) holds everything needed to reuse or resume it: the config, the
+split, the input spec, and per member ``best.ckpt``, ``last.ckpt`` (every epoch) and, once finished,
+``summary.json``.  :func:`resume` continues a killed run from its members' ``last.ckpt``.
 
 Ensembles and k-fold are loops over the same Lightning Trainer, not new trainers.
 """
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +22,19 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from zpix.runs import Split
+from zpix.atomic import UnsafeOutputError, is_run_dir, write_json
+from zpix.runs import (
+    CONFIG_FILE,
+    INPUT_SPEC_FILE,
+    SPLIT_FILE,
+    SUMMARY_FILE,
+    InputSpec,
+    RunInputError,
+    Split,
+    load_split,
+    mark_run,
+    spec_for,
+)
 from zpix.store.cube_store import CubeStore
 from zpix.store.dataset import CubeDataset
 from zpix.training.config import TrainConfig
@@ -109,7 +118,19 @@ def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> Dat
 
 
 def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
-    """Train one model on ``split`` with ``seed``; returns its best checkpoint and its scores."""
+    """Train one model on ``split`` with ``seed``; returns its best checkpoint and its scores.
+
+    A finished member (its ``summary.json``) is returned as is; one with a ``last.ckpt`` (a killed
+    run) continues from it through Lightning's ``ckpt_path``: epoch, optimiser, scheduler, early
+    stopping and best-checkpoint state all come back.
+    """
+    done = member_dir / SUMMARY_FILE
+    if done.is_file() and (member_dir / "best.ckpt").is_file():
+        import json
+
+        return member_dir / "best.ckpt", json.loads(done.read_text())
+    last = member_dir / "last.ckpt"
+    resume_from = str(last) if last.is_file() else None
     L.seed_everything(seed, workers=True, verbose=False)
     with CubeStore(cfg.cubes, validate=False) as store:
         n_bands, size, _ = store.image_shape
@@ -118,11 +139,11 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     if cfg.use_mags and hasattr(module.model, "set_mag_normalization"):
         module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
     # after the normalisation: a warm-started magnitude branch keeps the statistics it was trained with
-    initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from else []
+    initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from and not resume_from else []
     # best.ckpt: lowest val_loss, or the last epoch for objectives that say so (domain adaptation)
     monitor = getattr(module, "checkpoint_monitor", "val_loss")
     checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor=monitor, mode="min",
-                                 save_top_k=1, save_last=False)
+                                 save_top_k=1, save_last=True, enable_version_counter=False)
     train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
@@ -137,7 +158,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         deterministic=False, log_every_n_steps=max(1, min(50, len(train_loader))), enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, _loader(cfg, split.val, False, seed))
+    trainer.fit(module, train_loader, _loader(cfg, split.val, False, seed), ckpt_path=resume_from)
     seconds = time.perf_counter() - start
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
@@ -145,14 +166,97 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
                "best_val_loss": best, "epochs": trainer.current_epoch, "steps": trainer.global_step,
                "train_seconds": seconds,
                "train_images_per_s": trainer.global_step * cfg.batch_size / max(seconds, 1e-9),
-               "last_metrics": scores}
+               "resumed_from": resume_from, "last_metrics": scores}
+    write_json(done, summary)
     return Path(checkpoint.best_model_path), summary
 
 
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+def _as_config(config: TrainConfig | dict[str, Any] | str | Path, overrides: dict[str, Any]) -> TrainConfig:
+    if isinstance(config, str | Path):
+        cfg = TrainConfig.from_yaml(config)
+    elif isinstance(config, dict):
+        cfg = TrainConfig.from_dict(config)
+    else:
+        cfg = config
+    return TrainConfig.from_dict({**cfg.to_dict(), **overrides}) if overrides else cfg
+
+
+def _prepare(cfg: TrainConfig, split: Split | None) -> tuple[Split, InputSpec]:
+    """Everything that can fail on bad input, before any file is written: the store, the split, the
+    model built on the store's shape, the warm-start sources' input specs."""
+    with CubeStore(cfg.cubes, on_bad=cfg.on_bad) as store:  # type: ignore[arg-type]
+        if split is None:
+            rows = labelled_rows(store.z_spec, store.valid_index, cfg.z_min, cfg.z_max)
+            if len(rows) < 10:
+                raise ValueError(f"{cfg.cubes}: only {len(rows)} objects have z_spec inside "
+                                 f"[{cfg.z_min}, {cfg.z_max}]; need at least 10 to train")
+            split = random_split(rows, cfg.test_fraction, cfg.val_fraction, cfg.seed, cfg.max_train)
+        n_bands, size, _ = store.image_shape
+        if cfg.use_mags and not store.has_mags:
+            raise ValueError(f"{cfg.cubes} holds no magnitudes; train without magnitude input (use_mags=false) "
+                             "or write 'mags' into the cube store")
+        module = build_module(cfg, n_bands, size, len(store.mag_names) if cfg.use_mags else 0)
+        reads_mags = bool(getattr(module.model, "use_mags", False))
+        if reads_mags and not cfg.use_mags:
+            raise ValueError(f"model {cfg.model} reads magnitudes; set use_mags=true (and give the cube store "
+                             "'mags') or choose a model without a magnitude branch")
+        for source in cfg.init_from:
+            source_spec = spec_for(source)
+            problems = source_spec.mismatches(store, needs_mags=False) if source_spec else []
+            if problems:
+                raise RunInputError(f"init_from {source}: the cube store {cfg.cubes} has " + "; ".join(problems)
+                                    + "; a warm start needs training data made like the source run's")
+        spec = InputSpec.from_store(store, mag_names=store.mag_names if reads_mags else None,
+                                    use_ebv=cfg.use_ebv, split=split)
+    return split, spec
+
+
+def _claim_run_dir(run_dir: Path) -> bool:
+    """Make ``run_dir`` ours: new, empty, or an older run (whose outputs are removed); True if created."""
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise UnsafeOutputError(f"{run_dir} exists and is not a directory; choose another --out")
+        if any(run_dir.iterdir()) and not is_run_dir(run_dir):
+            raise UnsafeOutputError(f"{run_dir} exists and is not a zpix run directory; choose another --out")
+        for old in [*run_dir.glob("member_*"), run_dir / "logs"]:
+            shutil.rmtree(old, ignore_errors=True)
+        for name in (SUMMARY_FILE, INPUT_SPEC_FILE, "calibration.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        mark_run(run_dir)
+        return False
+    run_dir.mkdir(parents=True)
+    mark_run(run_dir)
+    return True
+
+
+def _train_members(cfg: TrainConfig, split: Split, run_dir: Path) -> TrainResult:
+    checkpoints, members = [], []
+    try:
+        for k in range(cfg.ensemble):
+            ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k)
+            checkpoints.append(ckpt)
+            members.append(summary)
+    except Exception:
+        # a run that failed before its first checkpoint is no run: leave nothing that looks like one
+        if not any(run_dir.glob("member_*/*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    summary = {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test), "members": members}
+    summary["calibration"] = _calibrate_run(cfg, run_dir, split)
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return TrainResult(run_dir, checkpoints, split, summary)
+
+
+def _calibrate_run(cfg: TrainConfig, run_dir: Path, split: Split) -> list[dict[str, Any]] | None:
+    """Fit ``cfg.calibrate`` on the validation rows into ``run_dir/calibration.json`` (zpix.calibration);
+    None when switched off or with too few validation objects."""
+    from zpix.calibration import calibrate
+    from zpix.calibration.fit import MIN_VALIDATION
+
+    if not cfg.calibrate or len(split.val) < MIN_VALIDATION:
+        return None
+    chain = calibrate(run_dir, None, cfg.calibrate, cubes=cfg.cubes, append=False, on_bad=cfg.on_bad)
+    return [s.to_dict() for s in chain.steps]
 
 
 def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None = None, **overrides: Any
@@ -161,35 +265,40 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None
 
     ``config`` is a TrainConfig, a dict of its fields or a YAML path; ``overrides`` replace fields.
     """
-    if isinstance(config, str | Path):
-        cfg = TrainConfig.from_yaml(config)
-    elif isinstance(config, dict):
-        cfg = TrainConfig.from_dict(config)
-    else:
-        cfg = config
-    cfg = replace(cfg, **overrides)
+    cfg = _as_config(config, overrides)
     if not cfg.cubes:
         raise ValueError("no training data: set 'cubes' (a cube store .h5) in the config or with --cubes")
+    split, spec = _prepare(cfg, split)
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if split is None:
-        with CubeStore(cfg.cubes, on_bad=cfg.on_bad) as store:  # type: ignore[arg-type]
-            rows = labelled_rows(store.z_spec, store.valid_index, cfg.z_min, cfg.z_max)
-        if len(rows) < 10:
-            raise ValueError(f"{cfg.cubes}: only {len(rows)} objects have z_spec inside "
-                             f"[{cfg.z_min}, {cfg.z_max}]; need at least 10 to train")
-        split = random_split(rows, cfg.test_fraction, cfg.val_fraction, cfg.seed, cfg.max_train)
-    split.save(run_dir / "split.npz")
-    cfg.save(run_dir / "config.yaml", extra={"n_train": len(split.train), "n_val": len(split.val),
-                                              "n_test": len(split.test)})
-    checkpoints, members = [], []
-    for k in range(cfg.ensemble):
-        ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k)
-        checkpoints.append(ckpt)
-        members.append(summary)
-    summary = {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test), "members": members}
-    _write_json(run_dir / "summary.json", summary)
-    return TrainResult(run_dir, checkpoints, split, summary)
+    created = _claim_run_dir(run_dir)
+    try:
+        split.save(run_dir / SPLIT_FILE)
+        spec.save(run_dir)
+        cfg.save(run_dir / CONFIG_FILE, extra={"n_train": len(split.train), "n_val": len(split.val),
+                                                "n_test": len(split.test)})
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return _train_members(cfg, split, run_dir)
+
+
+def resume(run: str | Path) -> TrainResult:
+    """Continue a killed `zpix train` run: finished members are kept, the others continue from their
+    ``last.ckpt`` (or start, if they had none), with the run's own config, split and cube store."""
+    run_dir = Path(run)
+    if not is_run_dir(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a run directory written by `zpix train` (no {CONFIG_FILE} "
+                                f"and {SPLIT_FILE})")
+    cfg = TrainConfig.from_yaml(run_dir / CONFIG_FILE)
+    cfg = replace(cfg, out=str(run_dir))
+    split = load_split(run_dir)
+    spec = InputSpec.load(run_dir)
+    with CubeStore(cfg.cubes, on_bad=cfg.on_bad) as store:  # type: ignore[arg-type]
+        if spec is not None and not spec.same_store(store):
+            raise RunInputError(f"cannot resume {run_dir}: its cube store {cfg.cubes} no longer holds the objects "
+                                "the run was split on (ids/z_spec fingerprint differs)")
+    return _train_members(cfg, split, run_dir)
 
 
 def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overrides: Any) -> dict[str, Any]:
@@ -203,9 +312,7 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     from zpix.prediction.format import read_predictions
     from zpix.prediction.streaming import merge_predictions, predict
 
-    cfg = config if isinstance(config, TrainConfig) else (
-        TrainConfig.from_yaml(config) if isinstance(config, str | Path) else TrainConfig.from_dict(config))
-    cfg = replace(cfg, **overrides)
+    cfg = _as_config(config, overrides)
     out = Path(cfg.out)
     with CubeStore(cfg.cubes, on_bad=cfg.on_bad) as store:  # type: ignore[arg-type]
         rows = labelled_rows(store.z_spec, store.valid_index, cfg.z_min, cfg.z_max)
@@ -213,7 +320,7 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     for i, split in enumerate(kfold_splits(rows, k, cfg.val_fraction, cfg.seed)):
         result = train(replace(cfg, out=str(out / f"fold_{i}")), split=split)
         pred_dir = predict(result.run_dir, cfg.cubes, out / f"fold_{i}" / "predictions", rows=split.test,
-                           num_workers=cfg.num_workers, overwrite=True, progress=cfg.progress)
+                           num_workers=cfg.num_workers, overwrite=True, progress=cfg.progress, on_bad=cfg.on_bad)
         p = read_predictions(pred_dir)
         m = metric_summary(p.catalog["z_mean"].to_numpy(), p.catalog["z_spec"].to_numpy(), p.pdfs, p.grid)
         folds.append({key: m[key] for key in ("n", "bias", "sigma_mad", "eta", "crps") if key in m})
@@ -222,5 +329,5 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     doc = {"k": k, "folds": folds,
            "mean": {key: float(np.mean([f[key] for f in folds])) for key in folds[0]},
            "std": {key: float(np.std([f[key] for f in folds], ddof=1)) for key in folds[0]}}
-    _write_json(out / "kfold_metrics.json", doc)
+    write_json(out / "kfold_metrics.json", doc)
     return doc

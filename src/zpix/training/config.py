@@ -1,20 +1,30 @@
-"""A run's whole description: one YAML file that is saved beside its checkpoints."""
+"""A run's whole description: one YAML file that is saved beside its checkpoints.
+
+:class:`TrainConfig` is a pydantic dataclass: every field is converted to its type and checked when
+the config is made (from YAML, ``--set KEY=VALUE`` or Python), so a bad value stops `zpix train`
+before any file is written.  YAML reads ``3e-4`` as a string; pydantic turns it into the float the
+field asks for.  A pydantic dataclass (rather than a BaseModel) keeps ``dataclasses.replace``,
+``fields`` and ``asdict`` working for every caller.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import platform
-from dataclasses import dataclass, field
+from dataclasses import field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from zpix.pdf import RedshiftGrid
+from zpix.store.cube_store import ON_BAD_DEFAULT
 
 
-@dataclass
+@dataclass(config=ConfigDict(extra="forbid"))
 class TrainConfig:
     """Everything that defines a training run (Pasquet et al. 2019, Sect. 3; defaults follow the paper
     where it states them: cross-entropy over 180 bins on 0-0.4, Adam, batch 128, dihedral augmentation,
@@ -34,9 +44,10 @@ class TrainConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     max_train: int | None = None  # subsample the training set (learning curves)
-    on_bad: str = "error"
+    on_bad: Literal["error", "drop", "zero"] = ON_BAD_DEFAULT
     # optimisation
-    loss: str = "auto"  # auto: cross-entropy for PDF heads, Huber (+ Gaussian NLL for sigma) for regression
+    # auto: cross-entropy for PDF heads, Huber (+ Gaussian NLL for sigma) for regression
+    loss: Literal["auto", "cross_entropy", "huber"] = "auto"
     huber_delta: float = 1e-4  # John William et al. chose 1e-4 by trial
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -44,7 +55,7 @@ class TrainConfig:
     # (on the 20k mock one such drop took sigma_MAD from 0.0127 to 0.0118); "cosine": lr follows
     # half a cosine from lr to 0 over max_epochs, step by step (for comparisons at a fixed budget);
     # "none": constant lr
-    lr_schedule: str = "plateau"
+    lr_schedule: Literal["none", "plateau", "cosine"] = "plateau"
     lr_factor: float = 0.1
     lr_patience: int = 2
     batch_size: int = 128
@@ -59,6 +70,9 @@ class TrainConfig:
     # ensembles (Sect. 3.8): member k uses seed + k
     ensemble: int = 1
     seed: int = 0
+    # post-hoc calibration fitted on the validation rows after training (zpix.calibration, docs/calibration.md),
+    # applied by `zpix predict`; [] switches it off (--set calibrate=[])
+    calibrate: list[str] = field(default_factory=lambda: ["temperature", "pit"])
     # hardware, passed straight to Lightning
     accelerator: str = "auto"
     devices: Any = "auto"
@@ -75,6 +89,41 @@ class TrainConfig:
     target_cubes: str = ""
     domain: dict[str, Any] = field(default_factory=dict)
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from zpix.models import list_models
+
+        if name not in list_models():
+            raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        return name
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrainConfig:
+        problems = []
+        if self.n_bins < 2:
+            problems.append(f"n_bins must be >= 2, got {self.n_bins}")
+        if not self.z_max > self.z_min:
+            problems.append(f"z_max ({self.z_max}) must exceed z_min ({self.z_min})")
+        if not 0 < self.test_fraction < 1:
+            problems.append(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        for name in ("lr_factor", "huber_delta"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.lr >= 0:
+            problems.append(f"lr must be >= 0, got {self.lr}")
+        for name, low in (("batch_size", 1), ("max_epochs", 1), ("ensemble", 1), ("num_workers", 0),
+                          ("patience", 0), ("lr_patience", 0)):
+            if getattr(self, name) < low:
+                problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_train is not None and self.max_train < 1:
+            problems.append(f"max_train must be >= 1 or null, got {self.max_train}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def grid(self) -> RedshiftGrid:
         return RedshiftGrid(self.n_bins, self.z_min, self.z_max)
@@ -88,7 +137,10 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training option(s) {unknown}; known options: {sorted(known)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            raise ValueError(describe(err)) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -104,11 +156,20 @@ class TrainConfig:
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Write the config with the library versions, atomically."""
-        doc = {"train": self.to_dict(), "versions": library_versions(), **(extra or {})}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-        tmp.replace(path)
+        from zpix.atomic import write_yaml
+
+        write_yaml(path, {"train": self.to_dict(), "versions": library_versions(), **(extra or {})})
+
+
+def describe(err: ValidationError) -> str:
+    """One line per invalid option: ``option lr: Input should be a valid number (got 'abc')``."""
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        got = f" (got {e['input']!r})" if where and "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"option {where}: {msg}{got}" if where else msg)
+    return "invalid training config: " + "; ".join(lines)
 
 
 def preset_names() -> list[str]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -48,7 +45,7 @@ def make_report(
     cubes: str | Path | None = None,
     n_examples: int = 12,
     seed: int = 0,
-    overwrite: bool = True,
+    overwrite: bool = False,
     **eval_kwargs: Any,
 ) -> Path:
     """Write ``out/index.html`` (self-contained), ``out/<figure>.png`` and ``out/metrics.json``.
@@ -56,15 +53,17 @@ def make_report(
     ``cubes`` is a cube store (HDF5 with ``images`` (N, bands, H, W) and ``ids``) for the galaxy
     images beside the example PDFs.  Other keyword arguments go to
     :func:`zpix.evaluation.evaluate.run_evaluation`.  The directory is built under a temporary name and
-    renamed at the end, so a failed run leaves no half-made report.  Returns the HTML path.
+    renamed at the end, so a failed run leaves no half-made report; an existing ``out`` is replaced only
+    if it is an older report (its ``.zpix-report`` marker) and ``overwrite`` (see :mod:`zpix.atomic`).
+    Returns the HTML path.
     """
+    from zpix.atomic import AtomicDir, check_replaceable
     from zpix.evaluation.evaluate import run_evaluation
     from zpix.evaluation.report import figures as F
     from zpix.evaluation.report.html import render_html
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out")
+    check_replaceable(out, "report", overwrite)  # before the work, not after it
     scores, result = run_evaluation(predictions, truth=truth, compare=compare, seed=seed, **eval_kwargs)
     eta_t = float(result["settings"]["outlier_thresholds"][0]) if result["settings"]["outlier_thresholds"] else 0.05
     makers = {
@@ -77,10 +76,8 @@ def make_report(
         "nz": lambda: F.fig_nz(scores, result),
         "width": lambda: F.fig_width(scores, result, eta_t),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with AtomicDir(out, "report", overwrite=overwrite) as work:
+        tmp = work.path
         written = []
         for stem, title, caption in FIGURES:
             fig = makers[stem]()
@@ -90,10 +87,4 @@ def make_report(
         with open(tmp / "metrics.json", "w") as f:
             json.dump(result, f, indent=1, allow_nan=False)
         (tmp / "index.html").write_text(render_html(result, written), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "index.html"
