@@ -143,7 +143,10 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     # best.ckpt: lowest val_loss, or the last epoch for objectives that say so (domain adaptation)
     monitor = getattr(module, "checkpoint_monitor", "val_loss")
     checkpoint = ModelCheckpoint(dirpath=member_dir, filename="best", monitor=monitor, mode="min",
-                                 save_top_k=1, save_last=True, enable_version_counter=False)
+                                 save_top_k=1, enable_version_counter=False)
+    # every epoch's state, for --resume (Lightning's save_last writes only when the best improves)
+    latest = ModelCheckpoint(dirpath=member_dir, filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
     train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
@@ -151,7 +154,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         # a max_steps shorter than an epoch ends that epoch there, so that it is still validated and
         # checkpointed (stopping mid-epoch would leave no val_loss and no best.ckpt)
         limit_train_batches=min(len(train_loader), cfg.max_steps) if cfg.max_steps > 0 else None,
-        callbacks=[checkpoint, *([EarlyStopping(monitor=monitor, patience=cfg.patience, mode="min")] if monitor
+        callbacks=[checkpoint, latest, *([EarlyStopping(monitor=monitor, patience=cfg.patience, mode="min")] if monitor
                                  else [])],
         enable_progress_bar=cfg.progress,
         logger=L.pytorch.loggers.CSVLogger(str(member_dir.parent / "logs"), name=member_dir.name),
@@ -243,6 +246,7 @@ def _train_members(cfg: TrainConfig, split: Split, run_dir: Path) -> TrainResult
         raise
     summary = {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test), "members": members}
     summary["calibration"] = _calibrate_run(cfg, run_dir, split)
+    summary["debiased"] = _debias_run(cfg, run_dir)
     write_json(run_dir / SUMMARY_FILE, summary)
     return TrainResult(run_dir, checkpoints, split, summary)
 
@@ -259,6 +263,32 @@ def _calibrate_run(cfg: TrainConfig, run_dir: Path, split: Split) -> list[dict[s
     return [s.to_dict() for s in chain.steps]
 
 
+def _debias_options(cfg: TrainConfig) -> tuple[dict[str, Any], Path, list[str]]:
+    """The ``debias`` block split into DebiasConfig options, the output run and its calibration steps."""
+    from zpix.debias.api import DebiasConfig
+
+    opts = dict(cfg.debias)
+    out = Path(opts.pop("out", None) or f"{Path(cfg.out)}-debiased")
+    methods = list(opts.pop("calibrate", ["photoz"]))
+    DebiasConfig.from_dict(opts)  # unknown options fail before training, not after it
+    return opts, out, methods
+
+
+def _debias_run(cfg: TrainConfig, run_dir: Path) -> dict[str, Any] | None:
+    """Lin et al. steps 1-3 into a new run (zpix.debias), then its calibration against photo-z (step 4)."""
+    if not cfg.debias:
+        return None
+    from zpix.calibration import calibrate
+    from zpix.debias.api import debias_run
+
+    opts, out, methods = _debias_options(cfg)
+    info = debias_run(run_dir, out, cubes=cfg.cubes, config=opts)
+    if methods:
+        calibrate(out, None, methods, cubes=cfg.cubes, append=False, on_bad=cfg.on_bad)
+    return {"run": str(out), "n_subset": info["n_subset"], "sigma_per_mag_bin": info["sigma_per_mag_bin"],
+            "calibration": methods}
+
+
 def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None = None, **overrides: Any
           ) -> TrainResult:
     """Train ``config.ensemble`` models (seeds ``seed, seed+1, ...``) on one split of the cube store.
@@ -269,6 +299,9 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None
     if not cfg.cubes:
         raise ValueError("no training data: set 'cubes' (a cube store .h5) in the config or with --cubes")
     split, spec = _prepare(cfg, split)
+    if cfg.debias and _debias_options(cfg)[1].exists():
+        raise UnsafeOutputError(f"{_debias_options(cfg)[1]} exists; the debias block writes a new run there: "
+                                "remove it or set debias.out to another directory")
     run_dir = Path(cfg.out)
     created = _claim_run_dir(run_dir)
     try:
