@@ -1,0 +1,133 @@
+"""Distributed prediction on a Dask LocalCluster: partitions, resume, model loaded once, readers."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import qp
+from click.testing import CliRunner
+from conftest import write_toy_cubes
+from test_training import tiny_config
+
+import zpix.training.api as api
+from zpix.cli import main
+from zpix.prediction.distributed import (
+    MANIFEST_DIR,
+    finished,
+    load_count,
+    parse_cluster,
+    plan_partitions,
+    predict_distributed,
+)
+from zpix.prediction.format import read_predictions
+from zpix.prediction.streaming import predict
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    train_cubes = write_toy_cubes(root / "train.h5", n=200, size=16, seed=0)
+    run = api.train(tiny_config(train_cubes, root / "run", max_epochs=2)).run_dir
+    (root / "shards").mkdir()
+    shards = [write_toy_cubes(root / "shards" / f"s{i}.h5", n=n, size=16, seed=10 + i, chunk=n)
+              for i, n in enumerate((90, 70))]
+    for i, shard in enumerate(shards):  # survey shards hold different objects
+        with h5py.File(shard, "r+") as f:
+            f["ids"][...] = f["ids"][:] + 1000 * i
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=40)
+    client = distributed.Client(cluster)
+    yield root, run, shards, client
+    client.close()
+    cluster.close()
+
+
+def test_cluster_specs():
+    assert parse_cluster("local:3") == ("local", 3)
+    assert parse_cluster("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
+    with pytest.raises(ValueError, match="local:N"):
+        parse_cluster("local:0")
+    with pytest.raises(ValueError, match="scheduler address"):
+        parse_cluster("myhost")
+
+
+def test_partitioned_output_equals_single_process_and_reads_everywhere(setup):
+    root, run, shards, client = setup
+    out = root / "pred"
+    res = predict_distributed(run, str(root / "shards" / "*.h5"), out, client=client, block_rows=40, threads=1)
+    assert res.n_partitions == 5 and res.n_objects == 160 and len(res.computed) == 5
+    pred = read_predictions(out)
+    singles = [read_predictions(predict(run, s, root / f"single{i}", progress=False, num_workers=0, split="all"))
+               for i, s in enumerate(shards)]
+    np.testing.assert_array_equal(pred.catalog["id"], np.concatenate([s.catalog["id"] for s in singles]))
+    np.testing.assert_allclose(pred.pdfs, np.vstack([s.pdfs for s in singles]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pred.catalog["z_mean"], np.concatenate([s.catalog["z_mean"] for s in singles]),
+                               atol=1e-6)
+    # pandas, Dask and qp read the same rows
+    assert pd.read_parquet(out / "catalog.parquet")["id"].tolist() == pred.catalog["id"].tolist()
+    import dask.dataframe as dd
+
+    assert dd.read_parquet(out / "catalog.parquet").npartitions == 5
+    ens = qp.read(str(out / "pdfs.hdf5"))
+    assert ens.npdf == 160
+    np.testing.assert_allclose(ens.ancil["zmean"].ravel(), pred.catalog["z_mean"], atol=1e-6)
+    with h5py.File(out / "pdfs.hdf5") as f:
+        assert f["data/pdfs"].is_virtual
+    # each worker process loaded the model once for its several partitions
+    pids = {e["pid"] for e in res.entries}
+    assert len(pids) <= 2 and all(n <= 1 for n in client.run(load_count).values())
+    # zpix evaluate reads it as any prediction directory
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--out", str(root / "metrics.json")])
+    assert r.exit_code == 0, r.output
+
+
+def test_rerun_after_a_crash_computes_only_the_missing_partitions(setup):
+    root, run, shards, client = setup
+    out = root / "crash"
+
+    def crash(entry, seen=[]):  # noqa: B006 - counts the calls of this one run
+        seen.append(entry["name"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict_distributed(run, shards, out, client=client, block_rows=30, threads=1, pdf_format="quantiles:9",
+                            on_partition=crash)
+    assert not out.exists()
+    work = out.parent / f".{out.name}.partial-dask"
+    # tasks already running on a worker when the driver stopped still finish: wait until the scheduler is empty
+    while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        time.sleep(0.2)
+    parts = plan_partitions(shards, 30)
+    done = finished(work, parts)
+    assert 2 <= len(done) < len(parts)
+    # a partition whose manifest entry is missing is not finished, whatever files it left
+    dropped = sorted(done)[0]
+    (work / MANIFEST_DIR / f"{dropped}.json").unlink()
+    with pytest.raises(ValueError, match="other settings"):
+        predict_distributed(run, shards, out, client=client, block_rows=30, threads=1, pdf_format="hist16")
+    res = predict_distributed(run, shards, out, client=client, block_rows=30, threads=1, pdf_format="quantiles:9")
+    assert sorted(res.computed) == sorted({p.name for p in parts} - done | {dropped})
+    pred = read_predictions(out)
+    assert len(pred) == 160 and pred.meta["layout"]["pdf_format"] == "quantiles:9"
+    assert qp.read(str(out / "pdfs.hdf5")).gen_class.name == "quant"
+
+
+def test_cli_on_a_running_scheduler(setup):
+    root, run, shards, client = setup
+    out = root / "cli"
+    r = CliRunner().invoke(main, ["predict", str(run), str(root / "shards" / "s*.h5"), "--out", str(out),
+                                  "--dask", client.scheduler.address, "--block-size", "100",
+                                  "--pdf-format", "hist16"])
+    assert r.exit_code == 0, r.output
+    pred = read_predictions(out)
+    assert len(pred) == 160 and len(pred.meta["layout"]["partitions"]) == 2
+    r = CliRunner().invoke(main, ["predict", str(run), str(root / "shards" / "nothing*.h5"), "--out",
+                                  str(root / "none"), "--dask", "local:1"])
+    assert r.exit_code != 0 and "no cube store matches" in r.output
