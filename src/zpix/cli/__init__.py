@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "train": "zpix.cli.train:train_command",
     "kfold": "zpix.cli.train:kfold_command",
     "predict": "zpix.cli.predict:predict_command",
+    "calibrate": "zpix.cli.calibrate:calibrate_command",
     "debias": "zpix.cli.debias:debias_command",
     "baseline": "zpix.cli.baseline:baseline_command",
     "evaluate": "zpix.cli.evaluate:evaluate_command",

@@ -1,0 +1,130 @@
+"""Fitting a calibration on a run's validation objects, and `zpix calibrate` (a new, calibrated run).
+
+``calibrate(run, out, methods=[...])`` predicts the run's validation rows (``split.npz``: never the
+test rows), fits each method in turn on the output of the ones before, and writes a NEW run directory
+``out`` that shares ``run``'s checkpoints (hard links where the filesystem allows, copies otherwise)
+and holds the fitted ``calibration.json``; ``run`` itself is never modified.  A run that already has a
+calibration keeps its steps and gets the new ones appended.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from zpix.calibration.base import CALIBRATION_FILE, Calibration, load_calibration
+from zpix.pdf import RedshiftGrid
+from zpix.runs import CONFIG_FILE, SPLIT_FILE, Split
+
+#: Fewer validation objects than this cannot pin down even one temperature; training skips calibration then.
+MIN_VALIDATION = 50
+
+
+def fit_calibration(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, methods: Sequence[str], *,
+                    base: Calibration | None = None, fitted_on: dict[str, Any] | None = None,
+                    **context: Any) -> Calibration:
+    """Fit ``methods`` in order on (probs, z_spec); ``base`` (kept, not refitted) comes first.
+
+    ``probs`` are uncalibrated PDFs (N, n_bins); each method is fitted on what the earlier steps make of them.
+    """
+    chain = Calibration(grid, list(base.steps) if base else [])
+    if base and base.grid is not None and base.grid != grid:
+        raise ValueError(f"the existing calibration is on {base.grid}, the PDFs on {grid}")
+    for method in methods:
+        chain.fit_step(method, probs=probs, z_spec=z_spec, fitted_on=fitted_on, **context)
+    return chain
+
+
+def _run_cubes(run: Path, cubes: str | os.PathLike | None) -> str:
+    if cubes:
+        return str(cubes)
+    cfg_file = run / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{run}: no {CONFIG_FILE}; pass a run directory written by `zpix train`")
+    doc = yaml.safe_load(cfg_file.read_text()) or {}
+    found = (doc.get("train") or {}).get("cubes")
+    if not found or not Path(found).exists():
+        raise FileNotFoundError(f"{run}: the cube store of its config ({found!r}) is not there; pass --cubes")
+    return str(found)
+
+
+def validation_pdfs(run: str | os.PathLike, cubes: str | os.PathLike | None = None, *, batch_size: int = 64,
+                    device: str | None = None, num_workers: int = 0, progress: bool = False,
+                    rows: str = "val", on_bad: str = "error") -> tuple[np.ndarray, np.ndarray, RedshiftGrid, Any]:
+    """Uncalibrated ensemble PDFs, z_spec, grid and catalogue of the run's ``rows`` split ("val")."""
+    from zpix.prediction.format import read_predictions
+    from zpix.prediction.streaming import predict
+
+    run = Path(run)
+    split_file = run / SPLIT_FILE
+    if not split_file.is_file():
+        raise FileNotFoundError(f"{run}: no {SPLIT_FILE}; calibration needs the run's validation rows")
+    idx = getattr(Split.load(split_file), rows)
+    if len(idx) == 0:
+        raise ValueError(f"{run}: the split has no {rows} rows to fit a calibration on")
+    with tempfile.TemporaryDirectory(prefix=".zpix-calib-", dir=run.parent) as tmp:
+        pred = predict(run, _run_cubes(run, cubes), Path(tmp) / "pred", rows=np.sort(idx), batch_size=batch_size,
+                       num_workers=num_workers, device=device, progress=progress, pdf_dtype="float64",
+                       calibrate=False, on_bad=on_bad)
+        p = read_predictions(pred)
+        return p.pdfs, p.catalog["z_spec"].to_numpy(), p.grid, p.catalog
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Sequence[str], *,
+              cubes: str | os.PathLike | None = None, batch_size: int = 64, device: str | None = None,
+              num_workers: int = 0, progress: bool = False, append: bool = True,
+              on_bad: str = "error") -> Calibration:
+    """Fit ``methods`` on ``run``'s validation rows; write them to ``out`` (a new run directory) or, with
+    ``out=None``, into ``run`` itself (what `zpix train` does to the run it has just written).
+
+    Returns the fitted chain: with ``append`` the run's existing steps, then the new ones; without, the
+    new ones alone (a run being (re)trained must not keep a calibration fitted for other weights).
+    """
+    run = Path(run)
+    if not methods:
+        raise ValueError("calibrate: name at least one method (see zpix.calibration.available_calibrators())")
+    from zpix.calibration.base import get_calibrator
+
+    for m in methods:
+        get_calibrator(m)  # unknown names fail before the prediction pass
+    if out is not None and Path(out).exists():
+        raise FileExistsError(f"{out} already exists; `zpix calibrate` writes a new run directory, choose another "
+                              "--out")
+    probs, z_spec, grid, _ = validation_pdfs(run, cubes, batch_size=batch_size, device=device,
+                                             num_workers=num_workers, progress=progress, on_bad=on_bad)
+    base = load_calibration(run) if append else None
+    chain = fit_calibration(probs, z_spec, grid, methods, base=base or None,
+                            fitted_on={"rows": "val", "run": str(run)})
+    if out is None:
+        chain.save(run / CALIBRATION_FILE)
+        return chain
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        for src in sorted(run.rglob("*")):
+            rel = src.relative_to(run)
+            if src.is_file() and rel.parts[0] != "logs" and rel.name != CALIBRATION_FILE:
+                _link_or_copy(src, tmp / rel)
+        chain.save(tmp / CALIBRATION_FILE)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return chain

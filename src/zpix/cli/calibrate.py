@@ -1,0 +1,29 @@
+"""`zpix calibrate`: fit a post-hoc calibration on a run's validation objects, into a new run directory."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("calibrate")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--method", "methods", multiple=True, default=("temperature", "pit"), show_default=True,
+              help="Calibration step, in order (repeatable): temperature, pit, pit-local, student-t, photoz.")
+@click.option("--out", required=True, type=click.Path(),
+              help="New run directory (RUN's checkpoints hard-linked, plus the fitted calibration.json).")
+@click.option("--cubes", type=click.Path(exists=True, dir_okay=False),
+              help="Cube store holding RUN's validation rows (default: the one in RUN's config.yaml).")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, ... (default: cuda if available).")
+@click.option("--seed", default=0, show_default=True, help="Unused (fitting is deterministic).")
+def calibrate_command(run: str, methods: tuple[str, ...], out: str, cubes: str | None, batch_size: int,
+                      device: str | None, seed: int) -> None:
+    """Fit calibration METHODs on RUN's validation rows; write the calibrated run to --out (RUN is not changed)."""
+    from zpix.calibration import calibrate
+
+    try:
+        chain = calibrate(run, out, list(methods), cubes=cubes, batch_size=batch_size, device=device)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(chain.describe())
+    click.echo(f"wrote {out}")

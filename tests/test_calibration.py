@@ -1,0 +1,129 @@
+"""Post-hoc calibration: each method flattens the PIT of a deliberately mis-calibrated synthetic model,
+the fitted map survives save/load, and `zpix calibrate` writes a new calibrated run applied by predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_toy_cubes
+from scipy.stats import kstest
+
+from zpix.calibration import Calibration, available_calibrators, fit_calibration, load_calibration
+from zpix.calibration.temperature import temper
+from zpix.pdf import RedshiftGrid, cdf_at, gaussian_pdfs
+
+GRID = RedshiftGrid(180, 0.0, 0.4)
+
+
+def synthetic(n: int, width_factor: float, seed: int, tails: bool = False):
+    """Gaussian PDFs of width ``width_factor`` x the true scatter 0.015 (< 1: over-confident)."""
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.05, 0.35, n)
+    err = rng.standard_t(3, n) * 0.015 / np.sqrt(3) if tails else rng.normal(0, 0.015, n)
+    return gaussian_pdfs(z + err, 0.015 * width_factor, GRID), z
+
+
+def pit_ks(probs, z) -> float:
+    return float(kstest(cdf_at(probs, GRID, z), "uniform").statistic)
+
+
+def test_builtin_methods_are_registered():
+    assert {"temperature", "pit", "pit-local", "student-t"} <= set(available_calibrators())
+
+
+@pytest.mark.parametrize("method", ["temperature", "pit", "pit-local", "student-t"])
+@pytest.mark.parametrize("width_factor", [0.5, 2.0])
+def test_miscalibrated_model_gets_a_flat_pit(method, width_factor):
+    val_p, val_z = synthetic(10_000, width_factor, seed=1)
+    test_p, test_z = synthetic(10_000, width_factor, seed=2)
+    assert pit_ks(test_p, test_z) > 0.1  # really mis-calibrated before
+    chain = fit_calibration(val_p, val_z, GRID, [method])
+    after = chain(test_p)
+    np.testing.assert_allclose(after.sum(1), 1.0, rtol=1e-12)
+    # 10k fitting + 10k test objects: the KS noise of a perfect map is ~0.01
+    assert pit_ks(after, test_z) < 0.025
+    inside = np.abs(cdf_at(after, GRID, test_z) - 0.5) <= 0.34
+    assert abs(inside.mean() - 0.683) < 0.025
+
+
+def test_temperature_recovers_a_known_temperature():
+    # q ∝ p^(1/T): a model sharpened by T0 = 1/2.5 is undone by T = 2.5
+    rng = np.random.default_rng(3)
+    n = 6000
+    logits = rng.normal(0, 2.0, (n, GRID.n_bins))
+    true_p = np.exp(logits - logits.max(1, keepdims=True))
+    true_p /= true_p.sum(1, keepdims=True)
+    labels = np.array([rng.choice(GRID.n_bins, p=row) for row in true_p])
+    z = GRID.centers[labels]
+    model_p = temper(true_p, 1 / 2.5)
+    t = fit_calibration(model_p, z, GRID, ["temperature"]).steps[0].calibrator.temperature
+    assert t == pytest.approx(2.5, rel=0.05)
+
+
+def test_student_t_fixes_gaussian_widths_on_heavy_tails():
+    # regression head: σ fitted to the RMS of t3 residuals — the Gaussian core is too wide
+    val_p, val_z = synthetic(4000, 1.0, seed=4, tails=True)
+    test_p, test_z = synthetic(4000, 1.0, seed=5, tails=True)
+    chain = fit_calibration(val_p, val_z, GRID, ["student-t"])
+    step = chain.steps[0].calibrator
+    assert step.nu < 10  # recovers heavy tails (true ν = 3)
+    assert pit_ks(chain(test_p), test_z) < pit_ks(test_p, test_z)
+    assert pit_ks(chain(test_p), test_z) < 0.03
+
+
+@pytest.mark.parametrize("methods", [["temperature", "pit"], ["pit-local"], ["student-t"]])
+def test_map_survives_save_and_load(tmp_path, methods):
+    val_p, val_z = synthetic(2000, 0.6, seed=6)
+    chain = fit_calibration(val_p, val_z, GRID, methods, fitted_on={"rows": "val"})
+    path = chain.save(tmp_path / "calibration.json")
+    doc = json.loads(path.read_text())
+    assert [s["name"] for s in doc["steps"]] == methods
+    assert doc["steps"][0]["fitted_on"] == {"n": 2000, "rows": "val"}
+    again = Calibration.load(path)
+    test_p, _ = synthetic(500, 0.6, seed=7)
+    np.testing.assert_array_equal(again(test_p), chain(test_p))
+
+
+def test_unknown_method_and_bad_file_give_clear_errors(tmp_path):
+    val_p, val_z = synthetic(100, 1.0, seed=8)
+    with pytest.raises(ValueError, match="unknown calibration method 'nope'.*temperature"):
+        fit_calibration(val_p, val_z, GRID, ["nope"])
+    bad = tmp_path / "calibration.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a zpix calibration file"):
+        Calibration.load(bad)
+    assert not load_calibration(tmp_path / "elsewhere")  # no file: the identity
+    np.testing.assert_allclose(load_calibration(tmp_path / "elsewhere")(val_p), val_p)
+
+
+def test_cli_calibrate_writes_a_new_run_that_predict_applies(tmp_path):
+    import zpix
+    from zpix.cli import main
+    from zpix.prediction.format import read_predictions
+
+    cubes = write_toy_cubes(tmp_path / "toy.h5", n=240, size=16)
+    from test_training import tiny_config
+
+    run = zpix.train(tiny_config(cubes, tmp_path / "run", max_epochs=1, val_fraction=0.4,
+                                 calibrate=[])).run_dir
+    assert not (run / "calibration.json").exists()  # switched off
+    before = sorted(p.name for p in run.rglob("*"))
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--method", "temperature", "--out",
+                                    str(tmp_path / "cal")])
+    assert res.exit_code == 0, res.output
+    assert "temperature: T =" in res.output
+    assert sorted(p.name for p in run.rglob("*")) == before  # RUN untouched
+    chain = load_calibration(tmp_path / "cal")
+    assert [s.calibrator.name for s in chain.steps] == ["temperature"]
+    out = {}
+    for name in ("run", "cal"):
+        res = CliRunner().invoke(main, ["predict", str(tmp_path / name), str(cubes), "--split", "test", "--out",
+                                        str(tmp_path / f"pred_{name}"), "--num-workers", "0"])
+        assert res.exit_code == 0, res.output
+        out[name] = read_predictions(tmp_path / f"pred_{name}")
+    np.testing.assert_allclose(out["cal"].pdfs, chain(out["run"].pdfs), atol=1e-6)
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--out", str(tmp_path / "cal")])
+    assert res.exit_code != 0 and "already exists" in res.output
