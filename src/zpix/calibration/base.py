@@ -16,6 +16,8 @@ built-in ones do) receives them as keyword arguments to ``apply``.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -72,10 +74,9 @@ def _load_builtin() -> None:
     # the built-in methods register themselves on import
     from zpix.calibration import pit, regression, temperature  # noqa: F401
 
-    try:  # Lin et al. photo-z calibration (issue 12); optional so that either package can land first
-        from zpix.calibration import photoz  # noqa: F401
-    except ImportError:
-        pass
+    # Lin et al. photo-z calibration (issue 12): imported where its module exists, so that either can land first
+    if importlib.util.find_spec("zpix.calibration.photoz") is not None:
+        importlib.import_module("zpix.calibration.photoz")
 
 
 def available_calibrators() -> list[str]:
