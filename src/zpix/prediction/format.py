@@ -356,16 +356,37 @@ def _check_dir(path: Path) -> None:
         )
 
 
+class PredictionFormatError(ValueError):
+    """A prediction directory's file is damaged or not in the zpix format; the message names it."""
+
+
+#: What h5py, qp, YAML and numpy raise on damaged files (turned into PredictionFormatError).
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError)
+
+
+def _damaged(path: Path, err: BaseException) -> PredictionFormatError:
+    return PredictionFormatError(f"{path}: damaged or not a zpix prediction file ({type(err).__name__}: {err}); "
+                                 "re-run the prediction that wrote it")
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """meta.yaml of a prediction directory, checked for the keys the reader needs."""
     import yaml
 
     path = Path(path)
     _check_dir(path)
-    with open(path / META_FILE) as f:
-        meta = yaml.safe_load(f)
+    try:
+        with open(path / META_FILE) as f:
+            meta = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise _damaged(path / META_FILE, err) from None
     if not isinstance(meta, dict) or "grid" not in meta:
-        raise ValueError(f"{path / META_FILE}: not a zpix meta file (no 'grid' entry)")
+        raise PredictionFormatError(f"{path / META_FILE}: not a zpix meta file (no 'grid' entry)")
+    try:
+        RedshiftGrid.from_dict(meta["grid"])
+        int(meta.get("format_version", 0))
+    except _READ_ERRORS as err:
+        raise _damaged(path / META_FILE, err) from None
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ValueError(
             f"{path / META_FILE}: format_version {meta['format_version']} is newer than this zpix "
@@ -377,10 +398,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def _pdf_rows(path: Path) -> int:
     import h5py
 
-    with h5py.File(path / PDF_FILE, "r") as f:
-        if "data" not in f or "pdfs" not in f["data"]:
-            return -1
-        return int(f["data"]["pdfs"].shape[0])
+    try:
+        with h5py.File(path / PDF_FILE, "r") as f:
+            if "data" not in f or "pdfs" not in f["data"]:
+                return -1
+            return int(f["data"]["pdfs"].shape[0])
+    except _READ_ERRORS as err:
+        raise _damaged(path / PDF_FILE, err) from None
 
 
 def iter_pdfs(
@@ -388,8 +412,18 @@ def iter_pdfs(
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(start, stop, pdfs)`` chunks of a prediction directory's PDFs (bounded memory).
 
-    PDFs are returned as probabilities per bin on the directory's grid (rows sum to 1).
+    PDFs are returned as probabilities per bin on the directory's grid (rows sum to 1).  A damaged
+    file raises :class:`PredictionFormatError`.
     """
+    try:
+        yield from _iter_pdfs(path, chunk_size)
+    except PredictionFormatError:
+        raise
+    except _READ_ERRORS as err:
+        raise _damaged(Path(path) / PDF_FILE, err) from None
+
+
+def _iter_pdfs(path: str | os.PathLike, chunk_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
     import h5py
 
     path = Path(path)

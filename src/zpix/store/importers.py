@@ -93,9 +93,20 @@ def import_npz(
     return Path(out)
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What astropy raises on damaged or foreign files (turned into one CubeStoreError)."""
+    from astropy.io.registry import IORegistryError
+
+    return (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, IORegistryError)
+
+
 def _read_fits_cube(path: Path, n_bands: int) -> np.ndarray:
-    with fits.open(path) as hdus:
-        planes = [h.data for h in hdus if getattr(h, "data", None) is not None and h.data.ndim >= 2]
+    try:
+        with fits.open(path) as hdus:
+            planes = [np.asarray(h.data) for h in hdus if getattr(h, "data", None) is not None and h.data.ndim >= 2]
+    except _read_errors() as err:
+        raise CubeStoreError(f"{path}: not a readable FITS image cube ({type(err).__name__}: {err}); "
+                             "replace the file or leave it out of the catalogue") from None
     if len(planes) == 1 and planes[0].ndim == 3:
         cube = planes[0]
     elif planes and all(p.ndim == 2 for p in planes):
@@ -126,7 +137,11 @@ def import_fits(
     missing E(B−V) column is an error unless ``ebv_column`` is None (then 0 is stored).
     """
     catalog_path = Path(catalog_path)
-    table = Table.read(catalog_path)
+    try:
+        table = Table.read(catalog_path)
+    except _read_errors() as err:
+        raise CubeStoreError(f"{catalog_path}: not a readable catalogue table ({type(err).__name__}: {err}); "
+                             "give a FITS/CSV/ECSV table with one row per cube") from None
     needed = [file_column, id_column, z_column] + ([ebv_column] if ebv_column else []) + list(mag_columns)
     missing = [c for c in needed if c not in table.colnames]
     if missing:
