@@ -273,3 +273,22 @@ def test_no_option_that_does_nothing():
     assert res.exit_code != 0 and "No such option" in res.output
     res = _invoke(["predict", "--help"])
     assert "--seed" not in res.output and "--progress" in res.output
+
+
+# -- 6. reproducibility ---------------------------------------------------------------------------------
+
+
+def test_two_identical_training_runs_give_identical_predictions(tmp_path):
+    cubes = write_toy_cubes(tmp_path / "toy.h5", n=64, size=16)
+    preds = []
+    for name in ("a", "b"):
+        result = zpix.train(tiny_config(cubes, tmp_path / name, max_epochs=2, seed=7))
+        preds.append(read_predictions(zpix.predict(result.run_dir, cubes, tmp_path / f"p{name}", num_workers=0,
+                                                   progress=False, device="cpu")))
+    np.testing.assert_array_equal(preds[0].pdfs, preds[1].pdfs)
+    assert preds[0].catalog.equals(preds[1].catalog)
+    # and the seed matters: another seed gives other numbers
+    other = zpix.train(tiny_config(cubes, tmp_path / "c", max_epochs=2, seed=8, test_fraction=0.2))
+    splits = [Split.load(tmp_path / name / "split.npz").test for name in ("a", "c")]
+    assert not np.array_equal(*splits)
+    assert other.summary["members"][0]["best_val_loss"] != result.summary["members"][0]["best_val_loss"]
