@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "simulate": "zpix.cli.mock:simulate_command",
     "cutouts": "zpix.cli.ingest:cutouts_command",
     "sdss-frames": "zpix.cli.ingest:sdss_frames_command",
+    "inject": "zpix.cli.inject:inject_command",
     "models": "zpix.cli.models:models_command",
     "train": "zpix.cli.train:train_command",
     "kfold": "zpix.cli.train:kfold_command",
