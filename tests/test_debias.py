@@ -154,13 +154,24 @@ def tiny_run(tmp_path_factory):
     cubes = write_toy_cubes(root / "toy.h5", n=400, size=16)
     cfg = TrainConfig(cubes=str(cubes), out=str(root / "run"), model="pasquet2019-small", model_args=TINY,
                       n_bins=40, max_epochs=3, batch_size=32, num_workers=0, progress=False, lr=3e-3,
-                      accelerator="cpu", devices=1, val_fraction=0.3)
-    zpix.train(cfg)
-    return cubes, root
+                      accelerator="cpu", devices=1, val_fraction=0.3, calibrate=[],
+                      debias={"n_th": 5, "cell_dz": 0.05, "cell_dmag": 1.0, "epochs": 2, "sigma_min_count": 20})
+    result = zpix.train(cfg)
+    return cubes, root, result
+
+
+def test_train_with_a_debias_block_writes_the_debiased_calibrated_run(tiny_run):
+    cubes, root, result = tiny_run
+    out = root / "run-debiased"
+    assert result.summary["debiased"]["run"] == str(out)
+    assert json.loads((out / "debias.json").read_text())["cells"]["n_th"] == 5
+    steps = json.loads((out / "calibration.json").read_text())["steps"]
+    assert [s["name"] for s in steps] == ["photoz"]
+    assert not (root / "run" / "calibration.json").exists()  # the block leaves the trained run as it was
 
 
 def test_debias_run_writes_a_run_that_predict_reads(tiny_run):
-    cubes, root = tiny_run
+    cubes, root, _ = tiny_run
     out = root / "run_debiased"
     info = debias_run(root / "run", out, config={"n_th": 5, "cell_dz": 0.05, "cell_dmag": 1.0, "epochs": 3,
                                                   "sigma_min_count": 20})
@@ -179,7 +190,7 @@ def test_debias_run_writes_a_run_that_predict_reads(tiny_run):
 
 
 def test_cli_debias_options_and_errors(tiny_run):
-    cubes, root = tiny_run
+    cubes, root, _ = tiny_run
     runner = CliRunner()
     res = runner.invoke(main, ["debias", str(root / "run"), "--out", str(root / "cli_out"), "--n-th", "4",
                                "--cell-dz", "0.05", "--cell-dmag", "1", "--no-soft-labels", "--no-edge-shift",

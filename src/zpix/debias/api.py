@@ -256,7 +256,7 @@ def write_debiased_run(source: str | os.PathLike, out: str | os.PathLike, module
     """
     import yaml
 
-    from zpix.runs import CONFIG_FILE, SPLIT_FILE, SUMMARY_FILE
+    from zpix.runs import CONFIG_FILE, INPUT_SPEC_FILE, SPLIT_FILE, SUMMARY_FILE, mark_run
 
     source, out = Path(source), Path(out)
     if out.exists():
@@ -268,8 +268,11 @@ def write_debiased_run(source: str | os.PathLike, out: str | os.PathLike, module
     try:
         for k, module in enumerate(modules):
             save_checkpoint(module, tmp / f"member_{k}" / "best.ckpt")
-        if (source / SPLIT_FILE).is_file():
-            _link_or_copy(source / SPLIT_FILE, tmp / SPLIT_FILE)
+        # the same rows and inputs as the source: its split (train/val stay "training rows" for evaluation)
+        for name in (SPLIT_FILE, INPUT_SPEC_FILE):
+            if (source / name).is_file():
+                _link_or_copy(source / name, tmp / name)
+        mark_run(tmp)
         doc: dict[str, Any] = {}
         if (source / CONFIG_FILE).is_file():
             doc = yaml.safe_load((source / CONFIG_FILE).read_text()) or {}

@@ -88,6 +88,9 @@ class TrainConfig:
     # field to adapt to (its z_spec is never read), and the options of the objective (DomainConfig)
     target_cubes: str = ""
     domain: dict[str, Any] = field(default_factory=dict)
+    # Lin et al. bias correction after training (zpix.debias, docs/bias_correction.md): DebiasConfig options
+    # plus "out" (default <out>-debiased) and "calibrate" (default [photoz]); {} switches it off
+    debias: dict[str, Any] = field(default_factory=dict)
 
     @field_validator("model")
     @classmethod
