@@ -125,5 +125,10 @@ def test_cli_calibrate_writes_a_new_run_that_predict_applies(tmp_path):
         assert res.exit_code == 0, res.output
         out[name] = read_predictions(tmp_path / f"pred_{name}")
     np.testing.assert_allclose(out["cal"].pdfs, chain(out["run"].pdfs), atol=1e-6)
+    assert (tmp_path / "cal" / "quality.npz").is_file()
+    cat = out["cal"].catalog
+    for col in ("p_outlier_pdf", "n_modes", "feat_knn", "quality", "flag"):
+        assert col in cat.columns and cat[col].notna().all()
+    assert "quality" not in out["run"].catalog.columns
     res = CliRunner().invoke(main, ["calibrate", str(run), "--out", str(tmp_path / "cal")])
     assert res.exit_code != 0 and "already exists" in res.output

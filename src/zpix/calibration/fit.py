@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ import yaml
 
 from zpix.calibration.base import CALIBRATION_FILE, Calibration, load_calibration
 from zpix.pdf import RedshiftGrid
+from zpix.quality.features import infer
+from zpix.quality.scores import QUALITY_FILE, QualityModel, fit_quality
 from zpix.runs import CONFIG_FILE, SPLIT_FILE, Split
 
 #: Fewer validation objects than this cannot pin down even one temperature; training skips calibration then.
@@ -57,12 +58,10 @@ def _run_cubes(run: Path, cubes: str | os.PathLike | None) -> str:
 
 
 def validation_pdfs(run: str | os.PathLike, cubes: str | os.PathLike | None = None, *, batch_size: int = 64,
-                    device: str | None = None, num_workers: int = 0, progress: bool = False,
-                    rows: str = "val", on_bad: str = "error") -> tuple[np.ndarray, np.ndarray, RedshiftGrid, Any]:
-    """Uncalibrated ensemble PDFs, z_spec, grid and catalogue of the run's ``rows`` split ("val")."""
-    from zpix.prediction.format import read_predictions
-    from zpix.prediction.streaming import predict
-
+                    device: str | None = None, rows: str = "val", on_bad: str = "error",
+                    with_features: bool = False, members: list | None = None) -> dict[str, Any]:
+    """Uncalibrated ensemble PDFs of the run's ``rows`` split ("val"), with z_spec, the members' z_mean and
+    (``with_features``) the learned features: see :func:`zpix.quality.features.infer`."""
     run = Path(run)
     split_file = run / SPLIT_FILE
     if not split_file.is_file():
@@ -70,12 +69,25 @@ def validation_pdfs(run: str | os.PathLike, cubes: str | os.PathLike | None = No
     idx = getattr(Split.load(split_file), rows)
     if len(idx) == 0:
         raise ValueError(f"{run}: the split has no {rows} rows to fit a calibration on")
-    with tempfile.TemporaryDirectory(prefix=".zpix-calib-", dir=run.parent) as tmp:
-        pred = predict(run, _run_cubes(run, cubes), Path(tmp) / "pred", rows=np.sort(idx), batch_size=batch_size,
-                       num_workers=num_workers, device=device, progress=progress, pdf_dtype="float64",
-                       calibrate=False, on_bad=on_bad)
-        p = read_predictions(pred)
-        return p.pdfs, p.catalog["z_spec"].to_numpy(), p.grid, p.catalog
+    return infer(run, _run_cubes(run, cubes), np.sort(idx), with_features=with_features, batch_size=batch_size,
+                 device=device, on_bad=on_bad, members=members)
+
+
+def fit_run_quality(run: str | os.PathLike, chain: Calibration, val: dict[str, Any], *,
+                    cubes: str | os.PathLike | None = None, n_features: int = 5000, seed: int = 0,
+                    batch_size: int = 64, device: str | None = None, on_bad: str = "error",
+                    members: list | None = None) -> QualityModel:
+    """The quality model of a run: scores of its calibrated validation PDFs, and the learned features of up
+    to ``n_features`` training rows (drawn with ``seed``) as the reference for the k-NN distance."""
+    run = Path(run)
+    train_rows = Split.load(run / SPLIT_FILE).train
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(train_rows, size=min(n_features, len(train_rows)), replace=False))
+    ref = infer(run, _run_cubes(run, cubes), pick, with_features=True, batch_size=batch_size, device=device,
+                on_bad=on_bad, members=members)
+    probs = chain(val["probs"]) if chain else val["probs"]
+    return fit_quality(probs, val["z_spec"], val["grid"], features=val["features"], train_features=ref["features"],
+                       member_zmean=val["member_zmean"], seed=seed)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -88,31 +100,40 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Sequence[str], *,
               cubes: str | os.PathLike | None = None, batch_size: int = 64, device: str | None = None,
-              num_workers: int = 0, progress: bool = False, append: bool = True,
-              on_bad: str = "error") -> Calibration:
+              append: bool = True, on_bad: str = "error", quality: bool = True, n_features: int = 5000,
+              seed: int = 0) -> Calibration:
     """Fit ``methods`` on ``run``'s validation rows; write them to ``out`` (a new run directory) or, with
     ``out=None``, into ``run`` itself (what `zpix train` does to the run it has just written).
 
     Returns the fitted chain: with ``append`` the run's existing steps, then the new ones; without, the
-    new ones alone (a run being (re)trained must not keep a calibration fitted for other weights).
+    new ones alone (a run being (re)trained must not keep a calibration fitted for other weights).  With
+    ``quality`` the per-object quality model (:mod:`zpix.quality`) is fitted too, on the calibrated
+    validation PDFs, and saved as ``quality.npz``.
     """
+    from zpix.calibration.base import get_calibrator
+    from zpix.prediction.streaming import default_device, load_ensemble
+
     run = Path(run)
     if not methods:
         raise ValueError("calibrate: name at least one method (see zpix.calibration.available_calibrators())")
-    from zpix.calibration.base import get_calibrator
-
     for m in methods:
         get_calibrator(m)  # unknown names fail before the prediction pass
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out} already exists; `zpix calibrate` writes a new run directory, choose another "
                               "--out")
-    probs, z_spec, grid, _ = validation_pdfs(run, cubes, batch_size=batch_size, device=device,
-                                             num_workers=num_workers, progress=progress, on_bad=on_bad)
+    device = device or default_device()
+    members = load_ensemble(run, device)
+    val = validation_pdfs(run, cubes, batch_size=batch_size, device=device, on_bad=on_bad, with_features=quality,
+                          members=members)
     base = load_calibration(run) if append else None
-    chain = fit_calibration(probs, z_spec, grid, methods, base=base or None,
+    chain = fit_calibration(val["probs"], val["z_spec"], val["grid"], methods, base=base or None,
                             fitted_on={"rows": "val", "run": str(run)})
+    qmodel = fit_run_quality(run, chain, val, cubes=cubes, n_features=n_features, seed=seed, batch_size=batch_size,
+                             device=device, on_bad=on_bad, members=members) if quality else None
     if out is None:
         chain.save(run / CALIBRATION_FILE)
+        if qmodel is not None:
+            qmodel.save(run / QUALITY_FILE)
         return chain
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -120,9 +141,11 @@ def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Se
     try:
         for src in sorted(run.rglob("*")):
             rel = src.relative_to(run)
-            if src.is_file() and rel.parts[0] != "logs" and rel.name != CALIBRATION_FILE:
+            if src.is_file() and rel.parts[0] != "logs" and rel.name not in (CALIBRATION_FILE, QUALITY_FILE):
                 _link_or_copy(src, tmp / rel)
         chain.save(tmp / CALIBRATION_FILE)
+        if qmodel is not None:
+            qmodel.save(tmp / QUALITY_FILE)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -103,9 +103,13 @@ def predict(
     applied to the ensemble mean; without it, or where the run has none, the PDFs are the network's own.
     """
     from zpix.calibration import load_calibration
+    from zpix.quality import load_quality
+    from zpix.quality.features import FeatureCapture
 
     device = device or default_device()
     calibration = load_calibration(model) if calibrate else None
+    # per-object quality columns (zpix.quality) come with the calibration they were fitted after
+    quality = load_quality(model) if calibrate else None
     members = members or load_ensemble(model, device)
     first = members[0]
     grid = RedshiftGrid.from_dict(first.hparams.grid)
@@ -130,7 +134,7 @@ def predict(
     key = to_plain({"members": [file_identity(p) for p in checkpoint_paths(model)], "store": selection["store"],
                     "cubes": str(Path(cubes).resolve()), "rows": rows_digest(order), "batch_size": batch_size,
                     "chunk_rows": chunk_rows, "device": torch.device(device).type, "on_bad": on_bad,
-                    "calibration": meta["calibration"]})
+                    "calibration": meta["calibration"], "quality": quality is not None})
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
                 else nullcontext())
     work = AtomicDir(out, "predictions", overwrite=overwrite, token="resume", keep_on_error=True)
@@ -147,11 +151,14 @@ def predict(
                 pending: list[dict[str, np.ndarray]] = []
                 chunks = iter(todo)
                 current = next(chunks)
-                with torch.inference_mode():
+                with_features = quality is not None and quality.train_features is not None
+                capture = FeatureCapture(members[0].model) if with_features else nullcontext()
+                with torch.inference_mode(), capture:
                     for batch in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
                         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                         with autocast:
-                            probs = torch.stack([m(batch) for m in members]).float().mean(0)
+                            member_probs = torch.stack([m(batch) for m in members]).float()
+                            probs = member_probs.mean(0)
                         index = batch["index"].cpu().numpy()
                         order_b = np.argsort(index)
                         # h5py reads want increasing rows; undo the sort after
@@ -163,6 +170,11 @@ def predict(
                         part["ids"] = ids.astype(str) if ids.dtype.kind == "O" else ids
                         pdfs = probs.cpu().numpy()
                         part["pdfs"] = calibration(pdfs.astype(np.float64)) if calibration else pdfs
+                        if quality is not None:
+                            member_zmean = member_probs.double().cpu().numpy() @ grid.centers
+                            cols = quality.columns(part["pdfs"], member_zmean=member_zmean,
+                                                   features=getattr(capture, "last", None))
+                            part.update({f"x_{k}": v for k, v in cols.items()})
                         part["z"] = batch["z"].cpu().numpy()
                         pending.append(part)
                         if sum(len(p["ids"]) for p in pending) == min(chunk_rows, order.size - current * chunk_rows):
