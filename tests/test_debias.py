@@ -200,5 +200,10 @@ def test_cli_debias_options_and_errors(tiny_run):
     assert saved["config"]["soft_labels"] is False
     assert saved["sigma_per_mag_bin"] == [0.0] * len(saved["sigma_per_mag_bin"])
     assert saved["grid"] == {"n_bins": 40, "z_min": 0.0, "z_max": 0.4}  # no edge shift: no extension
+    info = runner.invoke(main, ["info", str(root / "cli_out")])
+    assert info.exit_code == 0, info.output
+    assert "N_th = 4" in info.output and "soft labels: off" in info.output and "edge shift: off" in info.output
+    info = runner.invoke(main, ["info", str(root / "run-debiased")])
+    assert "soft-label σ per r bin" in info.output and "photoz" in info.output
     bad = runner.invoke(main, ["debias", str(root / "nope"), "--out", str(root / "x")])
     assert bad.exit_code != 0 and "nope" in bad.output and "Traceback" not in bad.output

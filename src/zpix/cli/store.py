@@ -9,12 +9,17 @@ from zpix.store.importers import import_fits, import_npz
 
 
 @click.command("info")
-@click.argument("cubes", type=click.Path(dir_okay=False))
+@click.argument("cubes", type=click.Path())
 @click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default=ON_BAD_DEFAULT, show_default=True,
               help="Objects with NaN/inf pixels: stop (error), leave out (drop) or set those pixels to 0 (zero); "
                    "the same choice and default as train and predict.")
 def info_command(cubes: str, on_bad: OnBad) -> None:
-    """Validate a cube store and summarise what it holds."""
+    """Validate a cube store and summarise what it holds; for a run directory, show what was fitted in it."""
+    from pathlib import Path
+
+    if Path(cubes).is_dir():
+        _run_info(Path(cubes))
+        return
     try:
         with CubeStore(cubes, on_bad=on_bad) as store:
             click.echo(store.summary())
@@ -47,3 +52,25 @@ def import_command(source: str, out: str, bands: str, pixel_scale: float, survey
     except CubeStoreError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {path}")
+
+def _run_info(run) -> None:
+    """What was fitted into a run directory after training: bias correction, calibration."""
+    from zpix.atomic import is_run_dir
+    from zpix.debias.api import describe_debias
+
+    if not is_run_dir(run):
+        raise click.ClickException(f"{run} is a directory but not a run written by `zpix train` (no config.yaml "
+                                   "and split.npz); pass a cube store (.h5) or a run directory")
+    try:
+        debias = describe_debias(run)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"run directory {run}: {len(list(run.glob('member_*/best.ckpt')))} member checkpoint(s)")
+    click.echo(debias or "debias: none")
+    try:
+        from zpix.calibration import load_calibration
+
+        chain = load_calibration(run)
+    except (ImportError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(chain.describe() if chain else "calibration: none")

@@ -380,3 +380,34 @@ def debias_run(
 def copy_config(cfg: DebiasConfig, **changes: Any) -> DebiasConfig:
     """``cfg`` with some options changed (a convenience for sweeps)."""
     return dataclasses.replace(copy.deepcopy(cfg), **changes)
+
+
+def describe_debias(run_dir: str | os.PathLike) -> str | None:
+    """What ``zpix debias`` fitted for ``run_dir`` (its ``debias.json``) as text, or None if it has none."""
+    path = Path(run_dir) / DEBIAS_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+        cfg, cells, grid = d["config"], d["cells"], d["grid"]
+        counts = np.asarray(cells["counts"])
+        kept = np.asarray(cells["kept"])
+        lines = [f"debias (Lin et al. steps 1-3) of {d.get('source_run', '?')}:",
+                 f"  balanced subset: N_th = {cells['n_th']} per (z_spec, r) cell of {cfg['cell_dz']} x "
+                 f"{cfg['cell_dmag']} mag; kept {cells['n_kept']} of {cells['n_in']} training objects "
+                 f"({int((counts > 0).sum())} cells populated, {int((counts > kept).sum())} capped)"]
+        edges = d["mag_edges"]
+        if cfg["soft_labels"]:
+            parts = [f"[{edges[i]:.1f},{edges[i + 1]:.1f}) {s:.4f} (n={n})"
+                     for i, (s, n) in enumerate(zip(d["sigma_per_mag_bin"], d["sigma_fit_counts"], strict=True))]
+            lines.append("  soft-label σ per r bin (fitted on validation rows): " + ", ".join(parts))
+        else:
+            lines.append("  soft labels: off (one-hot)")
+        if cfg["edge_shift"]:
+            lines.append(f"  edge shift: on (width {cfg['edge_scale']} x step-1 σ_MAD(z) per r bin); output grid "
+                         f"{grid['n_bins']} bins on [{grid['z_min']:.4f}, {grid['z_max']:.4f}]")
+        else:
+            lines.append("  edge shift: off")
+        return "\n".join(lines)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: not a zpix debias record ({err!r})") from err
