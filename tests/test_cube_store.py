@@ -131,13 +131,13 @@ def test_import_cli_and_fits(tmp_path):
     Table({"file": [f"g{i}.fits" for i in range(3)], "id": [10, 11, 12], "z_spec": [0.1, 0.2, 0.3],
            "ebv": [0.01, 0.02, 0.03], "r": [16.0, 17.0, 15.5]}).write(tmp_path / "cat.fits")
     result = CliRunner().invoke(main, ["import", str(tmp_path / "cat.fits"), "--out", str(tmp_path / "f.h5"),
-                                       "--mag-columns", "r"])
+                                       "--mag-cols", "r"])
     assert result.exit_code == 0, result.output
     with CubeStore(tmp_path / "f.h5") as store:
         np.testing.assert_array_equal(store.images(slice(None)), cubes)
         assert list(store.ids) == [10, 11, 12] and store.mag_names == ["r"]
     bad = CliRunner().invoke(main, ["import", str(tmp_path / "cat.fits"), "--out", str(tmp_path / "g.h5"),
-                                    "--z-column", "zspec"])
+                                    "--z-col", "zspec"])
     assert bad.exit_code != 0 and "lacks column(s) ['zspec']" in bad.output
     assert not os.path.exists(tmp_path / "g.h5")
     with pytest.raises(CubeStoreError, match="has 5 bands, expected 4"):

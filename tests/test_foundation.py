@@ -92,18 +92,18 @@ def test_outputs_replace_only_their_own_kind(run, tmp_path):
     for target in (foreign, result.run_dir):
         res = _invoke(["report", pred, "--out", target, "--overwrite", "--n-boot", "2"])
         _one_error(res, str(target))
-        res = _invoke(["predict", result.run_dir, cubes, "--out", target, "--overwrite", "--num-workers", "0",
+        res = _invoke(["predict", result.run_dir, cubes, "--out", target, "--overwrite", "--workers", "0",
                        "--no-progress"])
         _one_error(res, str(target))
     assert (foreign / "notes.txt").exists() and (result.run_dir / "config.yaml").exists()
     assert (result.run_dir / "member_0" / "best.ckpt").exists()
     # an older prediction directory is replaced with --overwrite only
     out = tmp_path / "p"
-    assert _invoke(["predict", result.run_dir, cubes, "--out", out, "--num-workers", "0", "--no-progress"]
+    assert _invoke(["predict", result.run_dir, cubes, "--out", out, "--workers", "0", "--no-progress"]
                    ).exit_code == 0
-    _one_error(_invoke(["predict", result.run_dir, cubes, "--out", out, "--num-workers", "0", "--no-progress"]),
+    _one_error(_invoke(["predict", result.run_dir, cubes, "--out", out, "--workers", "0", "--no-progress"]),
                "--overwrite")
-    assert _invoke(["predict", result.run_dir, cubes, "--out", out, "--num-workers", "0", "--no-progress",
+    assert _invoke(["predict", result.run_dir, cubes, "--out", out, "--workers", "0", "--no-progress",
                     "--overwrite"]).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p", "pred"]
 
@@ -131,10 +131,10 @@ def _store_like(path, bands, scale=0.396, n=40, seed=5):
 def test_predict_refuses_other_bands_and_pixel_scale(run, tmp_path):
     _, _, result = run
     hsc = _store_like(tmp_path / "hsc.h5", "grizy", scale=0.2)
-    res = _invoke(["predict", result.run_dir, hsc, "--out", tmp_path / "p", "--num-workers", "0"])
+    res = _invoke(["predict", result.run_dir, hsc, "--out", tmp_path / "p", "--workers", "0"])
     _one_error(res, "bands ['g', 'r', 'i', 'z', 'y']", "pixel scale 0.2 arcsec")
     four = _store_like(tmp_path / "four.h5", "griz")
-    res = _invoke(["predict", result.run_dir, four, "--out", tmp_path / "p", "--num-workers", "0"])
+    res = _invoke(["predict", result.run_dir, four, "--out", tmp_path / "p", "--workers", "0"])
     _one_error(res, "bands ['g', 'r', 'i', 'z']")
     assert "build" not in res.output.lower()  # no advice to rebuild a trained model
     assert not (tmp_path / "p").exists()
@@ -144,11 +144,11 @@ def test_predict_split_on_another_store_is_a_clear_error(run, tmp_path):
     _, _, result = run
     other = _store_like(tmp_path / "other.h5", "ugriz", n=20, seed=9)  # fewer rows than the split's indices
     res = _invoke(["predict", result.run_dir, other, "--out", tmp_path / "p", "--split", "test",
-                   "--num-workers", "0"])
+                   "--workers", "0"])
     _one_error(res, "--split test", "predict it whole with --split all")
     bigger = _store_like(tmp_path / "big.h5", "ugriz", n=120, seed=9)  # would silently take wrong rows before
     _one_error(_invoke(["predict", result.run_dir, bigger, "--out", tmp_path / "p", "--split", "test",
-                        "--num-workers", "0"]), "--split test")
+                        "--workers", "0"]), "--split test")
 
 
 def test_hybrid_images_run_predicts_on_its_store_without_magnitudes(tmp_path):
@@ -260,7 +260,7 @@ def test_on_bad_has_one_default_and_train_accepts_it(tmp_path):
     assert _invoke(["info", cubes, "--on-bad", "drop"]).exit_code == 0
     _one_error(_invoke(["train", "--cubes", cubes, "--out", tmp_path / "r", "--model", "pasquet2019-small",
                         "--max-epochs", "1"]), "--on-bad drop")
-    res = _invoke(["train", "--cubes", cubes, "--out", tmp_path / "r", "--on-bad", "drop", "--num-workers", "0",
+    res = _invoke(["train", "--cubes", cubes, "--out", tmp_path / "r", "--on-bad", "drop", "--workers", "0",
                    "--max-epochs", "1", "--no-progress", "--set", f"model_args={json.dumps(TINY)}",
                    "--set", "n_bins=20", "--batch-size", "16"])
     assert res.exit_code == 0, res.output
@@ -292,3 +292,25 @@ def test_two_identical_training_runs_give_identical_predictions(tmp_path):
     splits = [Split.load(tmp_path / name / "split.npz").test for name in ("a", "c")]
     assert not np.array_equal(*splits)
     assert other.summary["members"][0]["best_val_loss"] != result.summary["members"][0]["best_val_loss"]
+
+
+def test_one_name_per_option_across_commands():
+    """--workers, --progress/--no-progress, --on-bad and --<what>-col mean the same everywhere."""
+    import click
+
+    from zpix.cli import COMMANDS
+
+    names: dict[str, set[str]] = {}
+    for name in COMMANDS:
+        command = main.get_command(click.Context(main), name)
+        for p in command.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                for opt in p.opts + p.secondary_opts:
+                    names.setdefault(name, set()).add(opt)
+    everything = set().union(*names.values())
+    assert "--num-workers" not in everything and "--seed" not in names["predict"] | names["import"]
+    assert not {"--id-column", "--z-column", "--ebv-column", "--mag-columns"} & everything
+    for command in ("train", "kfold", "predict", "info"):
+        assert "--on-bad" in names[command], command
+    for command in ("train", "kfold", "predict"):
+        assert {"--workers", "--progress", "--no-progress"} <= names[command], command

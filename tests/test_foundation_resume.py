@@ -83,7 +83,7 @@ def test_killed_predict_continues_and_matches_an_uninterrupted_run(small_run, tm
     opts = dict(split="all", batch_size=16, chunk_rows=16, num_workers=0, progress=False, device="cpu")
     proc = _start(tmp_path, SLOW_PREDICT, ["predict", str(result.run_dir), str(cubes), "--out", str(out),
                                            "--split", "all", "--batch-size", "16", "--chunk-rows", "16",
-                                           "--num-workers", "0", "--no-progress", "--device", "cpu"])
+                                           "--workers", "0", "--no-progress", "--device", "cpu"])
     journal = tmp_path / ".pred.partial-resume" / "journal"
     _kill_when(proc, lambda: len(list(journal.glob("chunk-*.npz"))) >= 3)
     assert not out.exists()  # nothing complete-looking after the kill

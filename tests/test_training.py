@@ -181,7 +181,7 @@ def test_cli_train_then_predict_test_split(tmp_path):
     saved = TrainConfig.from_yaml(tmp_path / "run" / "config.yaml")
     assert saved.seed == 3 and saved.lr == 0.002
     res = runner.invoke(main, ["predict", str(tmp_path / "run"), str(cubes), "--out", str(tmp_path / "p"),
-                               "--split", "test", "--num-workers", "0"])
+                               "--split", "test", "--workers", "0"])
     assert res.exit_code == 0, res.output
     assert len(read_predictions(tmp_path / "p")) == 20
     bad = runner.invoke(main, ["train", "--cubes", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "r2")])

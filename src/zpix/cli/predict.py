@@ -18,7 +18,8 @@ from zpix.store.cube_store import ON_BAD_DEFAULT
               show_default=True, help="Rows to predict. auto: the run's test rows when CUBES is the run's own cube "
               "store, every row otherwise; train/val/test: those rows of the run's split (its own store only).")
 @click.option("--batch-size", default=64, show_default=True, help="64 was fastest on CPU; use more on GPUs.")
-@click.option("--num-workers", default=1, show_default=True, help="DataLoader workers.")
+@click.option("--workers", "num_workers", default=1, show_default=True, help="DataLoader worker processes.")
+@click.option("--num-workers", "num_workers", type=int, hidden=True, help="Old name of --workers.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default=ON_BAD_DEFAULT, show_default=True,
               help="Objects with NaN/inf pixels: stop (error), leave out (drop) or set those pixels to 0 (zero).")

@@ -30,14 +30,16 @@ def info_command(cubes: str, on_bad: OnBad) -> None:
 @click.command("import")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Cube store (.h5) to write.")
+# column options are named --<what>-col(s), as in `zpix cutouts`
 @click.option("--bands", default="ugriz", show_default=True, help="Band names, one letter per band or comma list.")
 @click.option("--pixel-scale", default=0.396, show_default=True, help="Pixel scale in arcsec.")
 @click.option("--survey", default="sdss", show_default=True)
-@click.option("--file-column", default="file", show_default=True, help="FITS catalogue: column with cube paths.")
-@click.option("--id-column", default="id", show_default=True)
-@click.option("--z-column", default="z_spec", show_default=True)
-@click.option("--ebv-column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
-@click.option("--mag-columns", default="", help="Comma-separated magnitude columns to store.")
+@click.option("--file-col", "file_column", default="file", show_default=True,
+              help="FITS catalogue: column with cube paths.")
+@click.option("--id-col", "id_column", default="id", show_default=True)
+@click.option("--z-col", "z_column", default="z_spec", show_default=True)
+@click.option("--ebv-col", "ebv_column", default="ebv", show_default=True, help="Use 'none' if there is no E(B-V).")
+@click.option("--mag-cols", "mag_columns", default="", help="Comma-separated magnitude columns to store.")
 def import_command(source: str, out: str, bands: str, pixel_scale: float, survey: str, file_column: str,
                    id_column: str, z_column: str, ebv_column: str, mag_columns: str) -> None:
     """Import SOURCE (a Pasquet-layout .npz, or a catalogue table of FITS cubes) into a cube store."""
@@ -52,6 +54,7 @@ def import_command(source: str, out: str, bands: str, pixel_scale: float, survey
     except CubeStoreError as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {path}")
+
 
 def _run_info(run) -> None:
     """What was fitted into a run directory after training: bias correction, calibration."""

@@ -51,7 +51,8 @@ def _common(func):
         click.option("--devices", help="Lightning devices: auto, 1, 4, ..."),
         click.option("--precision", help="Lightning precision: 32-true, bf16-mixed, 16-mixed."),
         click.option("--strategy", help="Lightning strategy: auto, ddp, ..."),
-        click.option("--num-workers", type=int, help="DataLoader workers."),
+        click.option("--workers", "num_workers", type=int, help="DataLoader worker processes."),
+        click.option("--num-workers", "num_workers", type=int, hidden=True, help="Old name of --workers."),
         click.option("--target-cubes", help="Cube store of unlabelled images of another field: adversarial domain "
                      "adaptation to it (its z_spec is never read; options: --set domain.KEY=VALUE)."),
         click.option("--on-bad", type=click.Choice(["error", "drop", "zero"]), default=None,

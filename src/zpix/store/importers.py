@@ -146,7 +146,7 @@ def import_fits(
     missing = [c for c in needed if c not in table.colnames]
     if missing:
         raise CubeStoreError(f"{catalog_path} lacks column(s) {missing} (it has {table.colnames}); "
-                             "name them with --file-column/--id-column/--z-column/--ebv-column/--mag-columns")
+                             "name them with --file-col/--id-col/--z-col/--ebv-col/--mag-cols")
     n = len(table)
     files = [catalog_path.parent / str(f).strip() for f in table[file_column]]
     first = _read_fits_cube(files[0], len(bands))
