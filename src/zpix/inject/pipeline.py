@@ -42,7 +42,15 @@ from typing import Any
 
 import numpy as np
 
-from zpix.inject.psf import SDSS_BANDS, FieldCalibration, InjectError, calibrate_field, group_fields, read_frame
+from zpix.inject.psf import (
+    SDSS_BANDS,
+    FieldCalibration,
+    Frame,
+    InjectError,
+    calibrate_field,
+    group_fields,
+    read_frame,
+)
 
 FORMAT_NOTE = "zpix.inject/1"
 DEFAULT_PER_COPY = 100
@@ -87,13 +95,14 @@ def fields_path(out: str | os.PathLike) -> Path:
 _FRAMES: dict[str, Any] = {}
 
 
-def _frames_of(cal: FieldCalibration) -> dict[str, Any]:
-    """The field's five frames, kept for the worker's next copy of the same field."""
+def _frames_of(cal: FieldCalibration, cache: Path) -> dict[str, Any]:
+    """The field's five frames (from the decompressed cache when there), kept for the worker's next copy."""
     if _FRAMES.get("field") != cal.field:
         _FRAMES.clear()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            frames = {b: read_frame(cal.paths[b]) for b in SDSS_BANDS}
+            frames = {b: (Frame.load(cache / f"{cal.field}_{b}.npz") if (cache / f"{cal.field}_{b}.npz").exists()
+                          else read_frame(cal.paths[b])) for b in SDSS_BANDS}
             for fr in frames.values():
                 _ = fr.wcs
         _FRAMES.update(field=cal.field, frames=frames,
@@ -117,7 +126,7 @@ def run_copy(*, cal_dir: str, field_id: str, field_index: int, copy: int, gal: d
 
     warnings.filterwarnings("ignore", module="astropy")
     cal = FieldCalibration.load(cal_dir, field_id)
-    state = _frames_of(cal)
+    state = _frames_of(cal, Path(cal_dir).parent / "frames")
     frames, saturated = state["frames"], state["saturated"]
     ref = frames["r"]
     n = len(gal["index"])
@@ -247,7 +256,7 @@ def _calibrate_task(args: tuple[str, dict[str, str], str]) -> str:
     field_id, paths, cal_dir = args
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calibrate_field(field_id, paths).save(cal_dir)
+        calibrate_field(field_id, paths, frame_cache=Path(cal_dir).parent / "frames").save(cal_dir)
     return field_id
 
 

@@ -106,8 +106,27 @@ class Frame:
 
         sat = self.counts() > SATURATION_DN
         if grow and sat.any():
-            sat = ndimage.binary_dilation(sat, structure=np.ones((3, 3), bool), iterations=grow)
+            # a (2 grow + 1)² box around every saturated pixel (separable maximum filter: fast)
+            sat = ndimage.maximum_filter(sat.astype(np.uint8), size=2 * grow + 1) > 0
         return sat
+
+    def save(self, path: str | os.PathLike) -> None:
+        """The decompressed frame as one ``.npz`` (pixels, header, calibration, sky), written atomically."""
+        tmp = f"{path}.partial"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, data=self.data, calib=self.calib, sky_dn=self.sky_dn.astype(np.float32),
+                     header=np.array(self.header.tostring()), gain=np.array(self.gain),
+                     path=np.array(self.path), band=np.array(self.band))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Frame:
+        from astropy.io import fits
+
+        with np.load(path) as a:
+            return cls(path=str(a["path"]), band=str(a["band"]), data=a["data"],
+                       header=fits.Header.fromstring(str(a["header"])), calib=a["calib"],
+                       sky_dn=a["sky_dn"].astype(np.float64), gain=float(a["gain"]))
 
 
 def parse_frame_name(path: str | os.PathLike) -> tuple[str, str] | None:
@@ -400,13 +419,22 @@ def _band_psf(frame: Frame, star_xy: np.ndarray, pixel_scale: float, noise: floa
                    oversampling=ovs, depth_5sigma=float(depth), image=image, star_positions=np.c_[x, y])
 
 
-def calibrate_field(field_id: str, paths: dict[str, str]) -> FieldCalibration:
-    """Measure one field: sources, stars, per-band PSF, sky noise, E(B−V) stand-in (see module docstring)."""
+def calibrate_field(field_id: str, paths: dict[str, str], frame_cache: str | os.PathLike | None = None
+                    ) -> FieldCalibration:
+    """Measure one field: sources, stars, per-band PSF, sky noise, E(B−V) stand-in (see module docstring).
+
+    ``frame_cache``: a folder where the decompressed frames are kept (``<field>_<band>.npz``) so that
+    the injection workers do not decompress them again.
+    """
     from astropy.coordinates import SkyCoord
 
     from zpix.ingest.frames import pixel_scale_arcsec
 
     frames = {b: read_frame(paths[b]) for b in SDSS_BANDS}
+    if frame_cache is not None:
+        Path(frame_cache).mkdir(parents=True, exist_ok=True)
+        for b, fr in frames.items():
+            fr.save(Path(frame_cache) / f"{field_id}_{b}.npz")
     ref = frames[REFERENCE_BAND]
     ref_data = np.ascontiguousarray(ref.data, np.float64)
     objs, seg, _, _ = detect(ref_data)
