@@ -137,14 +137,16 @@ def train_run(cubes: Path, out: Path, model: str, split: Any, seed: int, epochs:
     """One zpix training run (Adam, cosine schedule over ``epochs``, no early stop); reused when finished."""
     from zpix.training.api import train
 
-    ckpt = out / "member_0" / "best.ckpt"
-    if ckpt.is_file() and (out / "summary.json").is_file():
+    ckpt, done = out / "member_0" / "best.ckpt", out / "member_0" / "summary.json"
+    if ckpt.is_file() and done.is_file():  # a finished member (zpix train writes its summary last)
         print(f"reusing {out}", flush=True)
-        return ckpt, json.loads((out / "summary.json").read_text())["members"][0]
+        return ckpt, json.loads(done.read_text())
     start = time.perf_counter()
     result = train({"cubes": str(cubes), "out": str(out), "model": model, "model_args": model_args or {},
                     "max_epochs": epochs, "patience": epochs, "lr_schedule": "cosine", "batch_size": batch,
-                    "seed": seed, "num_workers": 0, "progress": False, **extra}, split=split)
+                    "seed": seed, "num_workers": 0, "progress": False,
+                    # raw network PDFs are scored here: no post-hoc calibration fit after training
+                    "calibrate": [], **extra}, split=split)
     member = result.summary["members"][0]
     print(f"  {out.name}: {member['epochs']} epochs, {member['steps']} steps, "
           f"{time.perf_counter() - start:.0f} s", flush=True)
