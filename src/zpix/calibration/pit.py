@@ -72,24 +72,38 @@ def apply_pit_map(probs: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray
     return np.clip(np.diff(pit_map(c, x, y), axis=1), 0.0, None)
 
 
-def _check_knots(n_knots: int) -> int:
-    if int(n_knots) != n_knots or n_knots < 1:
-        raise ValueError(f"n_knots must be a positive integer, got {n_knots!r}")
+def _check_knots(n_knots: int | str) -> int | str:
+    if n_knots == "auto":
+        return n_knots
+    if isinstance(n_knots, str) or int(n_knots) != n_knots or n_knots < 2:
+        raise ValueError(f"n_knots must be an integer >= 2 or 'auto', got {n_knots!r}")
     return int(n_knots)
+
+
+def auto_knots(n: int) -> int:
+    """Knots for ``n`` fitting objects: sqrt(n)/5 within [4, 20] (6 for 1000, 9 for 2000, 20 for 10^4).
+
+    More knots follow the map more closely but each carries the ECDF's noise, ~sqrt(y(1 − y)/n); on the
+    real SDSS MGS k-NN (1000 fitting, 5000 test objects, 3 draws) 6 knots gave test PIT KS 0.013-0.020,
+    20 knots 0.014-0.025 and 2 knots up to 0.028.
+    """
+    return int(np.clip(round(np.sqrt(n) / 5), 4, 20))
 
 
 @register_calibrator("pit")
 class PITRecalibration(Calibrator):
     """C' = F(C), F the ECDF of the validation PITs (Bordoloi et al. 2010)."""
 
-    def __init__(self, n_knots: int = 20, x: list[float] | None = None, y: list[float] | None = None) -> None:
+    def __init__(self, n_knots: int | str = "auto", x: list[float] | None = None, y: list[float] | None = None
+                 ) -> None:
         self.n_knots = _check_knots(n_knots)
         self.x = None if x is None else np.asarray(x, dtype=np.float64)
         self.y = None if y is None else np.asarray(y, dtype=np.float64)
 
     def fit(self, *, probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, **context: Any) -> None:
         p = check_probs(probs, grid)
-        self.x, self.y = fit_pit_map(cdf_at(p, grid, z_spec), self.n_knots)
+        k = auto_knots(len(p)) if self.n_knots == "auto" else int(self.n_knots)
+        self.x, self.y = fit_pit_map(cdf_at(p, grid, z_spec), k)
 
     def apply(self, probs: np.ndarray, **context: Any) -> np.ndarray:
         if self.x is None or self.y is None:
@@ -99,7 +113,7 @@ class PITRecalibration(Calibrator):
     def to_dict(self) -> dict[str, Any]:
         if self.x is None or self.y is None:
             raise RuntimeError("PITRecalibration.to_dict before fit")
-        return {"n_knots": self.n_knots, "x": self.x.tolist(), "y": self.y.tolist()}
+        return {"n_knots": len(self.x) + 1, "x": self.x.tolist(), "y": self.y.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PITRecalibration:
@@ -108,7 +122,7 @@ class PITRecalibration(Calibrator):
     def summary(self) -> str:
         if self.x is None:
             return "not fitted"
-        return f"{self.n_knots} knots, F(0.16) = {np.interp(0.16, self.x, self.y):.3f}, " \
+        return f"{len(self.x) + 1} knots, F(0.16) = {np.interp(0.16, self.x, self.y):.3f}, " \
                f"F(0.84) = {np.interp(0.84, self.x, self.y):.3f}"
 
 
@@ -120,7 +134,7 @@ class LocalPITRecalibration(Calibrator):
     objects in a bin.
     """
 
-    def __init__(self, n_groups: int = 4, n_knots: int = 10, min_per_group: int = 300,
+    def __init__(self, n_groups: int = 4, n_knots: int | str = "auto", min_per_group: int = 300,
                  centers: list[float] | None = None, maps: list[dict[str, list[float]]] | None = None,
                  grid: dict[str, Any] | None = None) -> None:
         if int(n_groups) != n_groups or n_groups < 1:
@@ -138,7 +152,8 @@ class LocalPITRecalibration(Calibrator):
         edges = np.quantile(zp, np.linspace(0, 1, n_groups + 1))
         group = np.clip(np.searchsorted(edges, zp, side="right") - 1, 0, n_groups - 1)
         self.centers = np.array([np.median(zp[group == g]) for g in range(n_groups)])
-        self.maps = [fit_pit_map(pit[group == g], self.n_knots) for g in range(n_groups)]
+        self.maps = [fit_pit_map(pit[group == g], auto_knots(int((group == g).sum())) if self.n_knots == "auto"
+                                 else int(self.n_knots)) for g in range(n_groups)]
         self.grid = grid
 
     def _weights(self, zp: np.ndarray) -> np.ndarray:
@@ -176,4 +191,4 @@ class LocalPITRecalibration(Calibrator):
         if self.centers is None:
             return "not fitted"
         return f"{len(self.centers)} photo-z groups centred at {np.round(self.centers, 4).tolist()}, " \
-               f"{self.n_knots} knots each"
+               f"{[len(x) + 1 for x, _ in self.maps or []]} knots"
