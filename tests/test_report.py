@@ -58,7 +58,7 @@ def test_report_renders_with_all_figures(preds, tmp_path):
     out = page.parent
     assert page.name == "index.html"
     stems = [s for s, _, _ in FIGURES]
-    assert set(stems) == {"zphot_zspec", "dz_hist", "residuals", "pit", "examples", "trends", "nz", "width"}
+    assert set(stems) == {"zphot_zspec", "dz_hist", "residuals", "bias", "pit", "examples", "trends", "nz", "width"}
     for s in stems:
         data = (out / f"{s}.png").read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 10_000, s

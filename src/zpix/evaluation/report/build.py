@@ -19,6 +19,12 @@ FIGURES: tuple[tuple[str, str, str], ...] = (
      "Mean Δz in bins with bootstrap errors; gold band |⟨Δz⟩| < 0.002; lower panels: the redshift "
      "distributions (Fig. 8). A trend against z_spec reflects the training prior; none should be seen "
      "against z_phot."),
+    ("bias", "Biases against spec-z and photo-z (Lin et al.)",
+     "Mean Δz in fixed 0.02-wide bins of z_spec (left; legend: the largest |mean Δz| over bins with ≥ 100 "
+     "objects and the KS distance between the z_phot and z_spec distributions) and of z_phot (middle), and "
+     "Δ⟨z⟩ in each method's 5 equal-count z_phot bins (right); gold band ±0.002. Compare a run before and "
+     "after `zpix debias` / `zpix calibrate --method photoz`: the two readings of the residuals are "
+     "incompatible, so correcting one moves the other."),
     ("pit", "Probability integral transform",
      "Histogram of CDF(z_spec). Flat: calibrated PDFs; U-shape: too narrow; hump: too wide. Dashed guides: "
      "a calibrated Gaussian model with residuals expanded (green) or shrunk (red) by 20% (Fig. 10)."),
@@ -70,6 +76,7 @@ def make_report(
         "zphot_zspec": lambda: F.fig_zphot_zspec(scores, result, eta_t),
         "dz_hist": lambda: F.fig_dz_hist(scores, result, eta_t),
         "residuals": lambda: F.fig_residuals(scores, result),
+        "bias": lambda: F.fig_bias(scores, result),
         "pit": lambda: F.fig_pit(scores, result),
         "examples": lambda: F.fig_examples(scores, result, cubes, n_examples, seed),
         "trends": lambda: F.fig_trends(scores, result),

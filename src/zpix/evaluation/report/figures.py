@@ -174,6 +174,43 @@ def fig_residuals(scores: Sequence[MethodScores], result: dict[str, Any]) -> Fig
     return fig
 
 
+def fig_bias(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure:
+    """Lin et al.'s two biases, method by method (e.g. before / after ``zpix debias`` and the photo-z
+    calibration): mean Δz in fixed bins of z_spec and of z_phot, and Δ⟨z⟩ in each method's 5 equal-count
+    z_phot bins, with the spec-z trend amplitude, the N(z) KS distance and the largest |Δ⟨z⟩| in the legend."""
+    fig = _figure(14, 4.2)
+    axes = fig.subplots(1, 3)
+    for ax in axes:
+        ax.axhspan(-NZ_REQUIREMENT, NZ_REQUIREMENT, color="gold", alpha=0.35, lw=0)
+        ax.axhline(0, color="k", lw=0.8)
+    n = len(scores)
+    for i, s in enumerate(scores):
+        b = result["methods"][s.name].get("bias")
+        if not b:
+            continue
+        for ax, key in zip(axes[:2], ("spec_z_trend", "phot_z_trend"), strict=True):
+            t = b[key]
+            ax.errorbar(np.asarray(t["center"], float) + (i - (n - 1) / 2) * 0.002, np.asarray(t["mean_dz"], float),
+                        yerr=np.asarray(t["mean_dz_err"], float), color=_color(i), marker="o", ms=3, lw=1.2,
+                        capsize=2, label=s.name if key == "phot_z_trend" else
+                        f"{s.name}: amplitude {b['spec_z_trend_amplitude']:.4f}, KS {b['nz_ks']:.3f}")
+        tomo = b["tomographic"]
+        x = np.arange(len(tomo["delta_mean_z"])) + (i - (n - 1) / 2) * 0.8 / max(n, 1)
+        axes[2].bar(x, tomo["delta_mean_z"], width=0.8 / max(n, 1), color=_color(i),
+                    label=f"{s.name}: max {b['max_tomo_bias']:.4f}")
+    axes[0].set_xlabel(LABELS["z_spec"])
+    axes[1].set_xlabel(LABELS["z_phot"])
+    axes[0].set_ylabel(r"mean $\Delta z$")
+    axes[0].set_title("residuals against spec-z (fixed bins)", fontsize=10)
+    axes[1].set_title("residuals against photo-z (fixed bins)", fontsize=10)
+    axes[2].set_xlabel("equal-count z_phot bin")
+    axes[2].set_ylabel(r"$\langle z_\mathrm{phot}\rangle - \langle z_\mathrm{spec}\rangle$")
+    axes[2].set_title("tomographic bias", fontsize=10)
+    for ax in axes:
+        ax.legend(fontsize=7, loc="best")
+    return fig
+
+
 # --------------------------------------------------------------------------------- Fig. 10
 
 
