@@ -13,7 +13,7 @@ $(PY):
 # torch 2.13.0 is the local CPU wheel on our machines; any torch >= 2.3 works elsewhere.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.3"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,rail,hats]"
 	touch $(STAMP)
 
 setup: $(STAMP)

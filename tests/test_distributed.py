@@ -40,6 +40,10 @@ def setup(tmp_path_factory):
     for i, shard in enumerate(shards):  # survey shards hold different objects
         with h5py.File(shard, "r+") as f:
             f["ids"][...] = f["ids"][:] + 1000 * i
+            n = f["ids"].shape[0]
+            rng = np.random.default_rng(i)
+            f["catalog/ra"] = rng.uniform(150.0, 151.0, n)
+            f["catalog/dec"] = rng.uniform(1.0, 2.0, n)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        silence_logs=40)
     client = distributed.Client(cluster)
@@ -60,7 +64,8 @@ def test_cluster_specs():
 def test_partitioned_output_equals_single_process_and_reads_everywhere(setup):
     root, run, shards, client = setup
     out = root / "pred"
-    res = predict_distributed(run, str(root / "shards" / "*.h5"), out, client=client, block_rows=40, threads=1)
+    res = predict_distributed(run, str(root / "shards" / "*.h5"), out, client=client, block_rows=40, threads=1,
+                              hats=True)
     assert res.n_partitions == 5 and res.n_objects == 160 and len(res.computed) == 5
     pred = read_predictions(out)
     singles = [read_predictions(predict(run, s, root / f"single{i}", progress=False, num_workers=0, split="all"))
@@ -82,6 +87,12 @@ def test_partitioned_output_equals_single_process_and_reads_everywhere(setup):
     # each worker process loaded the model once for its several partitions
     pids = {e["pid"] for e in res.entries}
     assert len(pids) <= 2 and all(n <= 1 for n in client.run(load_count).values())
+    # the HATS catalogue (LSDB reads it): point estimates, positions and the PDF arrays
+    lsdb = pytest.importorskip("lsdb")
+    cat = lsdb.read_hats(out / "hats").compute().set_index("id").loc[pred.catalog["id"]]
+    np.testing.assert_allclose(cat["z_mean"], pred.catalog["z_mean"])
+    np.testing.assert_allclose(np.stack(cat["pdf_pdfs"].to_numpy()) * pred.grid.width, pred.pdfs, atol=1e-6)
+    assert "zpix_pdf_meta" in (out / "hats" / "zpix_photoz" / "hats.properties").read_text()
     # zpix evaluate reads it as any prediction directory
     r = CliRunner().invoke(main, ["evaluate", str(out), "--out", str(root / "metrics.json")])
     assert r.exit_code == 0, r.output
@@ -131,3 +142,8 @@ def test_cli_on_a_running_scheduler(setup):
     r = CliRunner().invoke(main, ["predict", str(run), str(root / "shards" / "nothing*.h5"), "--out",
                                   str(root / "none"), "--dask", "local:1"])
     assert r.exit_code != 0 and "no cube store matches" in r.output
+    # cubes without sky positions: --hats is refused before any work, with the fix in the message
+    r = CliRunner().invoke(main, ["predict", str(run), str(root / "train.h5"), "--out", str(root / "nohats"),
+                                  "--dask", client.scheduler.address, "--hats"])
+    assert r.exit_code != 0 and "no catalog/ra" in r.output and not (root / "nohats").exists()
+

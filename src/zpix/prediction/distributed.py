@@ -339,6 +339,10 @@ def predict_distributed(
     model = str(model)
     fmt = parse_pdf_format(pdf_format).spec
     shard_paths = expand_shards(shards)
+    if hats:
+        from zpix.prediction.hats_output import check_radec
+
+        check_radec(shard_paths)
     parts = plan_partitions(shard_paths, block_rows, on_bad)
     work = AtomicDir(out, "predictions", overwrite=overwrite, token=WORK_TOKEN, keep_on_error=True)
     for sub in (CATALOG_DIR, PARTS_DIR, MANIFEST_DIR, TASKS_DIR):
