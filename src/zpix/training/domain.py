@@ -293,9 +293,18 @@ class DomainAdaptationModule(PhotoZModule):
         self.discriminator = DomainDiscriminator(n_features, self.domain_config.hidden, self.domain_config.paired)
 
     @property
-    def checkpoint_monitor(self) -> str | None:
-        """The metric that picks best.ckpt (None: the last epoch's weights)."""
-        return None if self.domain_config.select == "last" else "val_loss"
+    def checkpoint_monitor(self) -> str:
+        """The metric (lowest wins) that picks best.ckpt: ``ramp_steps_left`` (optimiser steps still to go,
+        logged at each validation: the latest epoch wins) for ``select=last``, else ``val_loss``."""
+        return "ramp_steps_left" if self.domain_config.select == "last" else "val_loss"
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and not trainer.sanity_checking:
+            total = float(trainer.estimated_stepping_batches)
+            left = total - self.global_step if math.isfinite(total) else -float(self.global_step)
+            self.log("ramp_steps_left", float(left))
 
     def domain_lambda(self) -> float:
         """λ = w · ramp(p), p = optimiser steps done / steps planned."""
