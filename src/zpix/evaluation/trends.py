@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from zpix.evaluation.metrics import MAD_SCALE
+from zpix.evaluation.metrics import MAD_SCALE, sigma_mad
 
 #: Above this many objects in a bin the bootstrap runs on a random subsample of this size and
 #: its errors are scaled by sqrt(subsample / n): bootstrap standard errors of a mean or a
@@ -19,8 +20,7 @@ BOOTSTRAP_MAX_N = 20_000
 
 
 def _sigma_mad_rows(x: np.ndarray) -> np.ndarray:
-    med = np.median(x, axis=1, keepdims=True)
-    return MAD_SCALE * np.median(np.abs(x - med), axis=1)
+    return stats.median_abs_deviation(x, axis=1, scale=1 / MAD_SCALE)
 
 
 def bootstrap_mean_sigma_mad(
@@ -103,7 +103,7 @@ def binned_trend(
         out["mean_x"].append(float(xb.mean()))
         out["mean_dz"].append(float(d.mean()))
         out["mean_dz_err"].append(e_mean)
-        out["sigma_mad"].append(float(MAD_SCALE * np.median(np.abs(d - np.median(d)))))
+        out["sigma_mad"].append(sigma_mad(d))
         out["sigma_mad_err"].append(e_sig)
     return {
         "edges": edges.tolist(),
