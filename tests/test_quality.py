@@ -75,3 +75,25 @@ def test_missing_scores_give_a_clear_error():
     model = fit_quality(probs, z, GRID, member_zmean=members)
     with pytest.raises(ValueError, match="ens_std"):
         model.columns(probs)  # fitted on an ensemble, applied without members
+
+
+def test_evaluate_reports_cuts_by_the_quality_column(tmp_path):
+    from zpix.evaluation.evaluate import evaluate
+    from zpix.prediction.format import write_predictions
+
+    rng = np.random.default_rng(6)
+    n = 2000
+    zs = rng.uniform(0.05, 0.35, n)
+    bad = rng.random(n) < 0.08
+    zp = zs + rng.normal(0, 0.01, n) + bad * 0.15
+    # the risk score knows the outliers, the widths do not
+    quality = np.where(bad, 0.9, 0.1) + rng.uniform(0, 0.05, n)
+    path = write_predictions(tmp_path / "p", np.arange(n), gaussian_pdfs(np.clip(zp, 0, 0.39), 0.012, GRID), GRID,
+                             zs, extra={"quality": quality}, method="cnn")
+    m = evaluate(path, n_boot=10)["methods"]["cnn"]
+    assert set(m["flag_cuts"]) == {"worst_flagged_5pct_removed", "worst_flagged_10pct_removed",
+                                   "worst_flagged_20pct_removed"}
+    assert m["overall"]["eta"] > 0.07
+    assert m["flag_cuts"]["worst_flagged_10pct_removed"]["eta"] < 0.005
+    assert m["flag_cuts"]["worst_flagged_10pct_removed"]["n"] == 1800
+    assert m["quality_cuts"]["widest_10pct_removed"]["eta"] > 0.05

@@ -137,6 +137,8 @@ def _assemble(path: Path, truth: pd.DataFrame | None, point: str) -> tuple[pd.Da
                        "z_spec": cat["z_spec"].to_numpy(dtype=np.float64)})
     for c in ("width68", "z_lo68", "z_hi68"):
         df[c] = cat[c].to_numpy()
+    if "quality" in cat.columns:  # per-object outlier risk from zpix.quality (calibrated runs)
+        df["quality"] = cat["quality"].to_numpy(dtype=np.float64)
     for c in TREND_COLUMNS:
         if c in cat.columns:
             df[c] = cat[c].to_numpy(dtype=np.float64)
@@ -270,6 +272,10 @@ def _subset_metrics(obj: pd.DataFrame, thresholds: Sequence[float]) -> dict[str,
     return res
 
 
+#: Fractions of the worst-flagged objects (highest ``quality``, zpix.quality) removed beside the width cuts.
+FLAG_CUTS = (0.05, 0.1, 0.2)
+
+
 def widest_removed(width: np.ndarray, fraction: float) -> np.ndarray:
     """Boolean mask of the objects kept after removing the widest ``fraction`` of PDFs.
 
@@ -311,6 +317,15 @@ def method_metrics(
             "width68_max_kept": float(sub["width68"].max()),
             **_subset_metrics(sub, outlier_thresholds),
         }
+    flag_cuts = {}
+    if "quality" in obj.columns and np.isfinite(obj["quality"]).all():
+        # the same cuts by the fitted outlier risk (zpix.quality) instead of the PDF width
+        for frac in FLAG_CUTS:
+            sub = obj[widest_removed(obj["quality"].to_numpy(), frac)]
+            flag_cuts[f"worst_flagged_{round(100 * frac):d}pct_removed"] = {
+                "fraction_removed": float(frac), "quality_max_kept": float(sub["quality"].max()),
+                **_subset_metrics(sub, outlier_thresholds),
+            }
 
     pit_hist = M.pit_histogram(obj["pit"].to_numpy(), pit_bins)
     w = obj["width68"].to_numpy()
@@ -352,6 +367,7 @@ def method_metrics(
         "n_evaluated": int(len(obj)),
         "overall": overall,
         "quality_cuts": cuts,
+        "flag_cuts": flag_cuts,
         "pit_histogram": pit_hist,
         "width68": width,
         "trends": trends,

@@ -76,6 +76,8 @@ def quality_cut_table(result: dict[str, Any]) -> str:
         entries = [("full sample", m["overall"], None)]
         entries += [(f"widest {100 * v['fraction_removed']:g}% of PDFs removed", v, v["width68_max_kept"])
                     for v in m["quality_cuts"].values()]
+        entries += [(f"worst-flagged {100 * v['fraction_removed']:g}% removed (quality)", v, None)
+                    for v in m.get("flag_cuts", {}).values()]
         for label, v, wmax in entries:
             rows.append([html.escape(n), html.escape(label), _fmt(v["n"], "{:,d}"),
                          "–" if wmax is None else _fmt(wmax, "{:.4f}"), _fmt(v["bias"], "{:+.5f}"),
