@@ -90,7 +90,7 @@ def test_report_bad_cubes_fails_cleanly(preds, tmp_path):
     bad = tmp_path / "bad.h5"
     with h5py.File(bad, "w") as f:
         f["ids"] = np.arange(3)
-    with pytest.raises(ValueError, match=r"bad.h5: missing dataset\(s\) \['images'\]"):
+    with pytest.raises(ValueError, match=r"bad.h5: missing required dataset\(s\) \['images'"):
         make_report(a, tmp_path / "r", cubes=bad, n_boot=5)
     assert not (tmp_path / "r").exists()
     assert not list(tmp_path.glob(".r.partial-*"))

@@ -276,23 +276,12 @@ def lupton_rgb(cube: np.ndarray, bands: Sequence[str]) -> np.ndarray:
 
 
 def _read_cubes(cubes: str | Path, ids: np.ndarray) -> tuple[dict[Any, np.ndarray], list[str]]:
-    import h5py
+    """Images of the objects ``ids`` found in the cube store (NaN pixels shown as 0), and its bands."""
+    from zpix.store.cube_store import CubeStore
 
-    path = Path(cubes)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise ValueError(f"--cubes {path}: not a readable HDF5 cube store ({err})") from err
-    with f:
-        missing = [k for k in ("images", "ids") if k not in f]
-        if missing:
-            raise ValueError(f"--cubes {path}: missing dataset(s) {missing}; expected a zpix cube store")
-        file_ids = f["ids"][:]
-        if file_ids.dtype.kind in "OS":
-            file_ids = file_ids.astype(str)
-        bands = [b.decode() if isinstance(b, bytes) else str(b) for b in f.attrs.get("bands", [])]
-        if not bands:
-            bands = [str(k) for k in range(f["images"].shape[1])]
+    with CubeStore(cubes, on_bad="zero") as store:  # validated: a damaged store is one CubeStoreError
+        file_ids = store.ids
+        bands = store.bands
         want = np.asarray(ids)
         if want.dtype.kind in "iu" and file_ids.dtype.kind in "iu":
             keys_file, keys_want = file_ids.astype(np.int64), want.astype(np.int64)
@@ -303,7 +292,7 @@ def _read_cubes(cubes: str | Path, ids: np.ndarray) -> tuple[dict[Any, np.ndarra
         out = {}
         if rows:
             uniq = np.unique(list(rows.values()))
-            imgs = f["images"][uniq]
+            imgs = store.images(uniq)
             by_row = {int(r): imgs[j] for j, r in enumerate(uniq)}
             out = {w: by_row[r] for w, r in rows.items()}
     return out, bands
