@@ -132,3 +132,6 @@ def test_cli_calibrate_writes_a_new_run_that_predict_applies(tmp_path):
     assert "quality" not in out["run"].catalog.columns
     res = CliRunner().invoke(main, ["calibrate", str(run), "--out", str(tmp_path / "cal")])
     assert res.exit_code != 0 and "already exists" in res.output
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "cal")])
+    assert res.exit_code == 0, res.output
+    assert "1. temperature: T =" in res.output and "quality: logistic" in res.output

@@ -77,3 +77,10 @@ def _run_info(run) -> None:
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(chain.describe() if chain else "calibration: none")
+    from zpix.quality import load_quality
+
+    try:
+        quality = load_quality(run)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(quality.describe() if quality else "quality: none")
