@@ -17,7 +17,13 @@ from zpix.store.cube_store import ON_BAD_DEFAULT
 @click.option("--split", "split_name", type=click.Choice(["auto", "all", "train", "val", "test"]), default="auto",
               show_default=True, help="Rows to predict. auto: the run's test rows when CUBES is the run's own cube "
               "store, every row otherwise; train/val/test: those rows of the run's split (its own store only).")
-@click.option("--batch-size", default=64, show_default=True, help="64 was fastest on CPU; use more on GPUs.")
+@click.option("--batch-size", type=int, default=None, help="Objects read and written per step (default: from the "
+              "machine, zpix.hardware.predict_batch; CPUs run the network on slices of 32).")
+@click.option("--precision", type=click.Choice(["32", "bf16", "auto"]), default="auto", show_default=True,
+              help="bf16: the convolutional body in bf16, first convolution and head in fp32; auto: bf16 where the "
+                   "hardware runs it natively and faster (zpix.hardware), else 32.")
+@click.option("--compile", "compile_", is_flag=True, help="Compile the network first (TorchInductor, frozen weights; "
+              "needs a C++ compiler): faster inference after a compilation of a minute or more, for long runs.")
 @click.option("--workers", "num_workers", default=1, show_default=True, help="DataLoader worker processes.")
 @click.option("--num-workers", "num_workers", type=int, hidden=True, help="Old name of --workers.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
@@ -37,13 +43,14 @@ from zpix.store.cube_store import ON_BAD_DEFAULT
 @click.option("--threads", default=None, type=int, help="With --dask: torch threads per worker "
               "(default: cores / workers on each host).")
 @click.option("--hats", is_flag=True, help="With --dask: also write a HATS catalogue (needs ra/dec in the cubes).")
-def predict_command(model: str, cubes: tuple[str, ...], out: str, split_name: str, batch_size: int,
-                    num_workers: int, device: str | None, on_bad: str, overwrite: bool, chunk_rows: int,
+def predict_command(model: str, cubes: tuple[str, ...], out: str, split_name: str, batch_size: int | None,
+                    precision: str, compile_: bool, num_workers: int, device: str | None, on_bad: str,
+                    overwrite: bool, chunk_rows: int,
                     progress: bool, pdf_format: str | None, dask_cluster: str | None, block_size: int,
                     threads: int | None, hats: bool) -> None:
     """Predict redshift PDFs for CUBES with MODEL (a run directory or a .ckpt)."""
     if dask_cluster:
-        _predict_dask(model, cubes, out, dask_cluster, batch_size=batch_size, device=device or "cpu",
+        _predict_dask(model, cubes, out, dask_cluster, batch_size=batch_size or 64, device=device or "cpu",
                       on_bad=on_bad, overwrite=overwrite, pdf_format=pdf_format, block_rows=block_size,
                       threads=threads, hats=hats, progress=progress)
         return
@@ -54,7 +61,8 @@ def predict_command(model: str, cubes: tuple[str, ...], out: str, split_name: st
     try:
         path = predict(model, cubes, out, split=split_name, batch_size=batch_size, num_workers=num_workers,
                        device=device, on_bad=on_bad, overwrite=overwrite, chunk_rows=chunk_rows, progress=progress,
-                       pdf_format=pdf_format)
+                       pdf_format=pdf_format, precision=precision,
+                       compile=compile_)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         raise click.ClickException(str(err)) from err
     click.echo(f"wrote {path}")

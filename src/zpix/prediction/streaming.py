@@ -19,8 +19,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from zpix.atomic import AtomicDir
+from zpix.hardware import inference_chunk, inference_precision, predict_batch
 from zpix.pdf import RedshiftGrid
 from zpix.plain_types import to_plain
+from zpix.precision import cast_body
 from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions
 from zpix.prediction.journal import ChunkJournal, file_identity, rows_digest
 from zpix.runs import RunInputError, check_inputs, checkpoint_paths, select_rows
@@ -30,12 +32,16 @@ from zpix.training.module import PhotoZModule
 
 
 def load_ensemble(model: str | os.PathLike, device: str | torch.device = "cpu",
-                  channels_last: bool = True) -> list[PhotoZModule]:
+                  channels_last: bool = True, precision: str = "32") -> list[PhotoZModule]:
     """Load every member of a run (or one checkpoint) in eval mode.
 
     ``channels_last`` (NHWC) memory layout was measured 1.6x faster for pasquet2019 inference on
-    CPU (benchmarks/speed.py); the numbers are the same up to float rounding.
+    CPU (benchmarks/speed.py); the numbers are the same up to float rounding.  ``precision`` "bf16"
+    runs the convolutional body in bf16 between an fp32 first convolution and an fp32 head
+    (:func:`zpix.precision.cast_body`); "auto" picks it where the hardware is measurably faster in
+    bf16 (:func:`zpix.hardware.inference_precision`).
     """
+    precision = inference_precision(precision, device)
     # compile is a training choice: prediction batches vary in size and would trigger recompilations
     members = [PhotoZModule.load_from_checkpoint(p, map_location=device, channels_last=channels_last,
                                                  compile="none")
@@ -45,6 +51,51 @@ def load_ensemble(model: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"{model}: ensemble members use different redshift grids {grids}")
     for m in members:
         m.eval()
+        if precision == "bf16":
+            cast_body(m.model)
+    return members
+
+
+def member_probabilities(members: list[PhotoZModule], batch: dict[str, torch.Tensor],
+                         chunk: int | None = None) -> torch.Tensor:
+    """Every member's PDFs (M, B, n_bins) in fp32, the networks run on slices of ``chunk`` images.
+
+    Slicing keeps each forward pass at the batch size the CPU runs fastest (zpix.hardware.inference_chunk)
+    while the loader and the writer work on the whole batch; each object is computed on its own, so
+    the result does not depend on the slicing.  Compiled members (:func:`compile_members`) get every
+    slice padded to ``chunk`` images, the one shape they were compiled for.
+    """
+    n = len(batch["ebv"])
+    step = int(chunk) if chunk else max(n, 1)
+    parts = []
+    for start in range(0, n, step):
+        part = {k: v[start:start + step] for k, v in batch.items()}
+        short = step - len(part["ebv"])
+        if short and any(getattr(m, "_compiled", None) is not None for m in members):
+            part = {k: torch.cat([v, v[-1:].expand(short, *v.shape[1:])]) for k, v in part.items()}
+        parts.append(torch.stack([m(part).float() for m in members])[:, :step - short])
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def compile_members(members: list[PhotoZModule], chunk: int) -> list[PhotoZModule]:
+    """Compile each member's network for inference on batches of ``chunk`` (in place; returns them).
+
+    TorchInductor with weight freezing: the weights become constants, convolutions are pre-packed for
+    oneDNN and the PReLU, pooling and concatenation around them fused into generated C++ loops.  The
+    compilation (a minute or more on 2 cores, and a C++ compiler) runs here, on a dummy batch; it pays
+    only on long runs.
+    """
+    import torch._inductor.config as inductor_config
+
+    for m in members:
+        cfg = m.hparams.model_config
+        device = m.edges.device
+        m._compiled = torch.compile(m.model, dynamic=False)
+        n_bands, size = cfg.get("n_bands", 5), cfg.get("image_size", 64)
+        dummy = {"image": torch.zeros(chunk, n_bands, size, size, device=device),
+                 "ebv": torch.zeros(chunk, device=device)}
+        with inductor_config.patch(freezing=True), torch.inference_mode():
+            m(dummy)
     return members
 
 
@@ -75,7 +126,7 @@ def predict(
     cubes: str | os.PathLike,
     out: str | os.PathLike,
     rows: np.ndarray | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     num_workers: int = 1,
     device: str | None = None,
     on_bad: str = "error",
@@ -87,8 +138,14 @@ def predict(
     chunk_rows: int = 4096,
     pdf_format: str | None = None,
     members: list[PhotoZModule] | None = None,
+    precision: str = "auto",
+    compile: bool = False,
 ) -> Path:
     """Predict PDFs for ``rows`` of ``cubes`` with the model/ensemble ``model``.
+
+    ``precision`` ("32", "bf16" or "auto", see :func:`load_ensemble`) and ``batch_size`` (default
+    :func:`zpix.hardware.predict_batch`) are chosen from the machine unless given; ``compile`` compiles
+    the networks first (:func:`compile_members`), which pays on long runs only.
 
     ``pdf_format`` stores the PDFs in a compact qp representation (``zpix.prediction.pdf_formats``;
     default: hist with ``pdf_dtype``); ``members`` are the already loaded members of ``model`` (a Dask
@@ -107,10 +164,12 @@ def predict(
     from zpix.quality.features import FeatureCapture
 
     device = device or default_device()
+    precision = inference_precision(precision, device)
+    batch_size = batch_size or predict_batch(device)
     calibration = load_calibration(model) if calibrate else None
     # per-object quality columns (zpix.quality) come with the calibration they were fitted after
     quality = load_quality(model) if calibrate else None
-    members = members or load_ensemble(model, device)
+    members = members or load_ensemble(model, device, precision=precision)
     first = members[0]
     grid = RedshiftGrid.from_dict(first.hparams.grid)
     # whether the network reads magnitudes is the trained model's own property (a hybrid-images run has
@@ -134,9 +193,7 @@ def predict(
     key = to_plain({"members": [file_identity(p) for p in checkpoint_paths(model)], "store": selection["store"],
                     "cubes": str(Path(cubes).resolve()), "rows": rows_digest(order), "batch_size": batch_size,
                     "chunk_rows": chunk_rows, "device": torch.device(device).type, "on_bad": on_bad,
-                    "calibration": meta["calibration"], "quality": quality is not None})
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
-                else nullcontext())
+                    "precision": precision, "calibration": meta["calibration"], "quality": quality is not None})
     work = AtomicDir(out, "predictions", overwrite=overwrite, token="resume", keep_on_error=True)
     journal = ChunkJournal(work.path, key)
     try:
@@ -153,12 +210,16 @@ def predict(
                 current = next(chunks)
                 with_features = quality is not None and quality.train_features is not None
                 capture = FeatureCapture(members[0].model) if with_features else nullcontext()
+                # the capture keeps the head input of the last forward pass: one pass per batch then
+                chunk = None if with_features else inference_chunk(device)
+                if compile:
+                    chunk = chunk or batch_size
+                    compile_members(members, chunk)
                 with torch.inference_mode(), capture:
                     for batch in tqdm(loader, disable=not progress, desc="predict", unit="batch"):
                         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                        with autocast:
-                            member_probs = torch.stack([m(batch) for m in members]).float()
-                            probs = member_probs.mean(0)
+                        member_probs = member_probabilities(members, batch, chunk)
+                        probs = member_probs.mean(0)
                         index = batch["index"].cpu().numpy()
                         order_b = np.argsort(index)
                         # h5py reads want increasing rows; undo the sort after

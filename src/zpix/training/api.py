@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from zpix.atomic import UnsafeOutputError, is_run_dir, write_json
+from zpix.hardware import loader_workers, training_precision
 from zpix.runs import (
     CONFIG_FILE,
     INPUT_SPEC_FILE,
@@ -105,6 +106,11 @@ def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[st
         raise ValueError(f"init_from {sources}: {err}") from err
 
 
+def workers_of(cfg: TrainConfig) -> int:
+    """The config's DataLoader workers, "auto" resolved from the machine (zpix.hardware.loader_workers)."""
+    return loader_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
+
+
 def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
     dataset = CubeDataset(cfg.cubes, indices=rows, use_mags=cfg.use_mags, on_bad=cfg.on_bad)  # type: ignore[arg-type]
     if cfg.target_cubes and shuffle:  # training objects come with target-field partners (zpix.training.domain)
@@ -112,8 +118,9 @@ def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> Dat
 
         dataset = domain_dataset(dataset, cfg.target_cubes, cfg.domain)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=cfg.num_workers,
-                      persistent_workers=cfg.num_workers > 0, generator=generator,
+    workers = workers_of(cfg)
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
+                      persistent_workers=workers > 0, generator=generator,
                       drop_last=shuffle and len(rows) > cfg.batch_size)
 
 
@@ -149,7 +156,8 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
                              enable_version_counter=False)
     train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision, strategy=cfg.strategy,
+        accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
+        precision=training_precision(cfg.precision, cfg.accelerator),
         max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, default_root_dir=str(member_dir),
         # a max_steps shorter than an epoch ends that epoch there, so that it is still validated and
         # checkpointed (stopping mid-epoch would leave no val_loss and no best.ckpt)
@@ -353,7 +361,7 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     for i, split in enumerate(kfold_splits(rows, k, cfg.val_fraction, cfg.seed)):
         result = train(replace(cfg, out=str(out / f"fold_{i}")), split=split)
         pred_dir = predict(result.run_dir, cfg.cubes, out / f"fold_{i}" / "predictions", rows=split.test,
-                           num_workers=cfg.num_workers, overwrite=True, progress=cfg.progress, on_bad=cfg.on_bad)
+                           num_workers=workers_of(cfg), overwrite=True, progress=cfg.progress, on_bad=cfg.on_bad)
         p = read_predictions(pred_dir)
         m = metric_summary(p.catalog["z_mean"].to_numpy(), p.catalog["z_spec"].to_numpy(), p.pdfs, p.grid)
         folds.append({key: m[key] for key in ("n", "bias", "sigma_mad", "eta", "crps") if key in m})

@@ -76,9 +76,12 @@ class TrainConfig:
     # hardware, passed straight to Lightning
     accelerator: str = "auto"
     devices: Any = "auto"
-    precision: str = "32-true"
+    # "auto": bf16-mixed where the hardware runs bf16 natively and faster than fp32, else 32-true
+    # (zpix.hardware.training_precision; the first convolution and the head stay fp32, zpix.precision)
+    precision: str = "auto"
     strategy: str = "auto"
-    num_workers: int = 2
+    # DataLoader worker processes; "auto": from the cores (zpix.hardware.loader_workers)
+    num_workers: int | Literal["auto"] = "auto"
     channels_last: bool = True  # NHWC: +14% training speed for pasquet2019 on CPU (benchmarks/speed.py)
     # torch.compile backend for the training forward, or "none"; "inductor" with channels-last took
     # pasquet2019 CPU training from 47% to 60% of the matmul roof (benchmarks/speed.py; needs a C++ compiler)
@@ -119,7 +122,7 @@ class TrainConfig:
             problems.append(f"lr must be >= 0, got {self.lr}")
         for name, low in (("batch_size", 1), ("max_epochs", 1), ("ensemble", 1), ("num_workers", 0),
                           ("patience", 0), ("lr_patience", 0)):
-            if getattr(self, name) < low:
+            if getattr(self, name) != "auto" and getattr(self, name) < low:
                 problems.append(f"{name} must be >= {low}, got {getattr(self, name)}")
         if self.max_train is not None and self.max_train < 1:
             problems.append(f"max_train must be >= 1 or null, got {self.max_train}")

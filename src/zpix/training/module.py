@@ -26,6 +26,7 @@ from torch import Tensor
 from zpix.evaluation.metrics import delta_z, outlier_fraction, sigma_mad
 from zpix.models import create_model
 from zpix.pdf import RedshiftGrid
+from zpix.precision import autocast_dtype, keep_ends_fp32
 from zpix.training.augment import random_dihedral
 
 LOG_SIGMA_MIN = float(np.log(1e-4))
@@ -88,6 +89,13 @@ class PhotoZModule(L.LightningModule):
         # second submodule and put every weight twice in the checkpoints
         self._compiled = None if compile == "none" else torch.compile(self.model.forward, backend=compile)
         self._val_outputs: list[tuple[Tensor, Tensor]] = []
+
+    def setup(self, stage: str) -> None:
+        # under bf16-mixed (autocast) the first convolution and the fully connected head stay in fp32:
+        # bf16 weights in the first convolution shift every redshift the same way (zpix.precision)
+        trainer = self._trainer
+        if trainer is not None and autocast_dtype(str(trainer.precision)) is not None:
+            keep_ends_fp32(self.model)
 
     # -- inference --------------------------------------------------------------------------
     def _inputs(self, batch: dict[str, Tensor], train: bool) -> tuple[Tensor | None, Tensor, Tensor | None]:
