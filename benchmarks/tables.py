@@ -198,6 +198,27 @@ def domain_table() -> list[str]:
     return out
 
 
+def bias_table() -> list[str]:
+    doc = _load("bias_correction.json")
+    if doc is None:
+        return ["(not run yet)"]
+    out = [f"*{doc['date_utc'][:10]}, commit `{doc['commit'][:7]}`; test objects never used for any fit or "
+           "choice; N_th and the edge-shift width chosen on validation rows.*", "",
+           "| case | stage | σ_MAD | spec-z trend amplitude | N(z) KS | max \\|Δ⟨z⟩\\| (5 bins) |",
+           "|---|---|---|---|---|---|"]
+    stages = (("before", "before"), ("debiased", "debiased (steps 1-3)"),
+              ("after", "debiased + photo-z calibration"), ("calibrated_only", "photo-z calibration alone"))
+    for case, r in doc["runs"].items():
+        f = r["fitted"]
+        label = (f"{case} ({r['n_train']:,} train, N_th {f['n_th']}, edge scale {f['edge_scale']})")
+        for key, name in stages:
+            m = r[key]
+            out.append(f"| {label if key == 'before' else ''} | {name} | {m['sigma_mad']:.5f} | "
+                       f"{m['spec_z_trend_amplitude']:.4f} | {m['nz_ks']:.4f} | {m['max_tomo_bias']:.4f} |")
+    out += ["", "See `docs/bias_correction.md` (ablations, σ per magnitude bin, targets)."]
+    return out
+
+
 def render() -> str:
     parts = ["### Real catalogue (`real_catalog.py` → `results/real_catalog.json`)", "", *real_table(), "",
              "### Images vs magnitudes on a mock (`mock_images.py` → `results/mock_images.json`)", "",
@@ -208,6 +229,8 @@ def render() -> str:
              *multimodal_table(), "",
              "### Domain adaptation between two fields (`domain_adaptation.py` → `results/domain_adaptation.json`)",
              "", *domain_table(), "",
+             "### Bias correction, Lin et al. (`bias_correction.py` → `results/bias_correction.json`)", "",
+             *bias_table(), "",
              "### Speed, CPU (`speed.py` → `results/speed.json`)", "", *speed_table("speed.json")]
     if (RESULTS / "speed_gpu.json").is_file():
         parts += ["", "### Speed, GPU (`speed.py --device cuda` → `results/speed_gpu.json`)", "",

@@ -48,11 +48,13 @@ class PhotoZCalibration(Calibrator):
     """z″ = g(z_phot): PDFs shifted so that the mean residual in z_phot bins vanishes (Lin et al. step 4).
 
     ``min_per_bin`` sets the equal-count z_phot bins of the fit (at most ``max_bins``): fewer objects per
-    bin follow the residual trend more closely but put more noise (σ/√n) into each bin's mean.
+    bin follow the residual trend more closely but put more noise (σ/√n) into each bin's mean.  On the SDSS
+    MGS training catalogue (3000 fitted / 1000 validation / 1000 held out) the held-out max |Δ⟨z⟩| over 5
+    bins was 0.0011-0.0014 for 20 to 200 objects per bin: the noise of the validation means dominates.
     """
 
     def __init__(self, knots: list[float] | None = None, targets: list[float] | None = None,
-                 min_per_bin: int = 200, max_bins: int = 40, z_range: tuple[float, float] = (0.0, 0.4)) -> None:
+                 min_per_bin: int = 50, max_bins: int = 100, z_range: tuple[float, float] = (0.0, 0.4)) -> None:
         self.knots = [float(x) for x in (knots or [])]
         self.targets = [float(x) for x in (targets or [])]
         if len(self.knots) != len(self.targets):
@@ -96,7 +98,7 @@ class PhotoZCalibration(Calibrator):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PhotoZCalibration:
-        return cls(d.get("knots"), d.get("targets"), int(d.get("min_per_bin", 200)), int(d.get("max_bins", 40)),
+        return cls(d.get("knots"), d.get("targets"), int(d.get("min_per_bin", 50)), int(d.get("max_bins", 100)),
                    tuple(d.get("z_range", (0.0, 0.4))))
 
     def summary(self) -> str:
