@@ -315,8 +315,10 @@ def mgs_case(n_th_grid, edge_scales, seed: int, log) -> dict[str, Any] | None:
 @click.option("--threads", default=1, show_default=True, help="torch threads (the machine is shared).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--out", default=str(RESULTS / "bias_correction.json"), show_default=True)
+@click.option("--include", "include", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Results file of an earlier invocation (same commit) whose cases are added to this one's.")
 def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_scales: str, cases: str,
-         max_train: int | None, seed: int, threads: int, batch_size: int, out: str) -> None:
+         max_train: int | None, seed: int, threads: int, batch_size: int, out: str, include: str | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -343,6 +345,17 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
         res = mgs_case(grid, scales, seed, log)
         if res is not None:
             doc["runs"]["sdss_mgs"] = res
+    if include:
+        import json
+
+        other = json.loads(Path(include).read_text())
+        if other.get("commit") != doc["commit"]:
+            raise click.ClickException(f"{include} was written at commit {other.get('commit')}, this run is at "
+                                       f"{doc['commit']}: rerun it at one commit")
+        for name, res in other["runs"].items():
+            when = {"date_utc": other["date_utc"], "loadavg_at_start": other.get("loadavg_at_start")}
+            doc["runs"].setdefault(name, {**res, "from_invocation": when})
+        doc["log"] = other.get("log", []) + doc["log"]
     write_json(Path(out), doc)
     print(f"wrote {out}")
 
