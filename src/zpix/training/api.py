@@ -53,12 +53,10 @@ class TrainResult:
 
 def _mag_normalization(cubes: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of each observed magnitude over the training rows (missing: NaN or ≥ 90)."""
+    from zpix.models.hybrid import magnitude_statistics
+
     with CubeStore(cubes, validate=False) as store:
-        mags = store.column("mags")[rows].astype(np.float64)
-    mags[~np.isfinite(mags) | (mags >= 90)] = np.nan
-    mean = np.nanmean(mags, axis=0)
-    std = np.nanstd(mags, axis=0)
-    return np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        return magnitude_statistics(store.column("mags")[rows])
 
 
 def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -> PhotoZModule:
