@@ -34,9 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED, stamp, write_json  # noqa: E402
 
 MGS = SHARED / "data" / "real" / "sdss_mgs_catalog"
-CHAINS = {"temperature": ["temperature"], "pit": ["pit"], "temperature+pit": ["temperature", "pit"],
-          "pit-local": ["pit-local"], "temperature+pit-local": ["temperature", "pit-local"]}
-DEFAULT_CHAIN = "temperature+pit"
+CHAINS = {"auto": ["auto"], "temperature": ["temperature"], "pit": ["pit"], "temperature+pit": ["temperature", "pit"],
+          "pit-local": ["pit-local"], "temperature+pit-local": ["temperature", "pit-local"],
+          "student-t": ["student-t"], "student-t+pit": ["student-t", "pit"]}
+#: what `zpix train` and `zpix calibrate` do by default: the chain chosen by 5-fold CV on the fitting rows
+DEFAULT_CHAIN = "auto"
 CUTS = (0.05, 0.10, 0.20)
 
 
@@ -72,7 +74,11 @@ def calibrate_case(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, tes
         after = chain(test_p)
         res = block(after, test_z, grid)
         res["fit_s"] = round(fit_s, 2)
-        res["params"] = [s.to_dict()["params"] for s in chain.steps if s.calibrator.name == "temperature"]
+        res["steps"] = [s.calibrator.name for s in chain.steps]
+        res["params"] = [s.to_dict()["params"] for s in chain.steps
+                         if s.calibrator.name in ("temperature", "student-t")]
+        if name == "auto":
+            res["cv_pit_ks"] = chain.steps[0].fitted_on["auto"]["cv_pit_ks"]
         entry["variants"][name] = res
         fitted[name] = (chain, after)
         if name == DEFAULT_CHAIN:
@@ -116,7 +122,7 @@ def flags_block(val: dict[str, Any], test: dict[str, Any], ref: dict[str, Any], 
             cuts[f"{name}_{int(frac * 100)}pct"] = {"eta": outlier_fraction(dz[keep], 0.05),
                                                    "sigma_mad": sigma_mad(dz[keep])}
     return {"n_test": int(len(dz)), "n_outliers": int(out.sum()), "outlier_definition": "|dz| > 0.05 after "
-            "calibration (temperature+pit)", "auc": auc, "cuts": cuts,
+            f"calibration ({DEFAULT_CHAIN})", "auc": auc, "cuts": cuts,
             "flag_fraction": {k: float(((cols["flag"] & b) > 0).mean())
                               for k, b in __import__("zpix.quality", fromlist=["FLAG_BITS"]).FLAG_BITS.items()},
             "quality_model": {"score_names": model.score_names, "coef": model.coef.tolist(),

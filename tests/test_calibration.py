@@ -135,3 +135,20 @@ def test_cli_calibrate_writes_a_new_run_that_predict_applies(tmp_path):
     res = CliRunner().invoke(main, ["info", str(tmp_path / "cal")])
     assert res.exit_code == 0, res.output
     assert "1. temperature: T =" in res.output and "quality: logistic" in res.output
+
+
+def test_auto_picks_the_simplest_chain_that_flattens_the_pit():
+    from zpix.calibration.fit import select_chain
+
+    # calibrated already: every candidate is as good within the KS spread, so the first (simplest) wins
+    good_p, good_z = synthetic(3000, 1.0, seed=8)
+    chosen, scores = select_chain(good_p, good_z, GRID, candidates=(("temperature",), ("pit",), ("pit-local",)))
+    assert set(scores) == {"temperature", "pit", "pit-local"} and max(scores.values()) < 0.03
+    assert chosen == ["temperature"]
+    # too narrow by 2: whatever auto picks flattens the PIT on new objects
+    val_p, val_z = synthetic(3000, 0.5, seed=9)
+    chain = fit_calibration(val_p, val_z, GRID, ["auto"], fitted_on={"rows": "val"})
+    auto = chain.steps[0].fitted_on["auto"]
+    assert auto["chosen"] == [s.calibrator.name for s in chain.steps]
+    test_p, test_z = synthetic(10_000, 0.5, seed=10)
+    assert pit_ks(chain(test_p), test_z) < 0.03

@@ -29,17 +29,67 @@ from zpix.runs import CONFIG_FILE, SPLIT_FILE, Split
 MIN_VALIDATION = 50
 
 
+#: Chains that ``auto`` chooses from, simplest first (a tie goes to the simpler one).
+AUTO_CANDIDATES: tuple[tuple[str, ...], ...] = (("pit",), ("temperature", "pit"), ("pit-local",),
+                                                ("temperature", "pit-local"), ("student-t", "pit"))
+
+
+#: Standard deviation of sqrt(n) x the KS statistic of n uniform values (Kolmogorov distribution: 0.2603).
+KS_SPREAD = 0.26
+
+
+def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
+                 candidates: Sequence[Sequence[str]] = AUTO_CANDIDATES, k: int = 5, seed: int = 0,
+                 base: Calibration | None = None) -> tuple[list[str], dict[str, float]]:
+    """The simplest candidate chain whose k-fold cross-validated PITs on (probs, z_spec) are as close to
+    uniform as the best one's, up to the KS statistic's own spread.
+
+    Each fold's PITs come from a chain fitted on the other folds; the pooled PITs' KS distance from U(0, 1)
+    scores the candidate (so a chain that only fits its own noise gains nothing).  Returns the chosen chain
+    and every candidate's score.
+    """
+    from scipy.stats import kstest
+
+    from zpix.pdf import cdf_at
+
+    z = np.asarray(z_spec, dtype=np.float64)
+    folds = np.random.default_rng(seed).permutation(len(z)) % k
+    scores: dict[str, float] = {}
+    for cand in candidates:
+        pit = np.empty(len(z))
+        for f in range(k):
+            held = folds == f
+            chain = fit_calibration(probs[~held], z[~held], grid, list(cand), base=base)
+            pit[held] = cdf_at(chain(probs[held]), grid, z[held])
+        scores["+".join(cand)] = float(kstest(pit, "uniform").statistic)
+    # one-standard-error rule: the simplest candidate within the KS statistic's spread (~0.26/sqrt(n) under
+    # uniformity) of the best, so that noise in a small validation set does not pick the most flexible chain
+    margin = KS_SPREAD / np.sqrt(len(z))
+    best_score = min(scores.values())
+    best = next(c for c in candidates if scores["+".join(c)] <= best_score + margin)
+    return list(best), scores
+
+
 def fit_calibration(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, methods: Sequence[str], *,
                     base: Calibration | None = None, fitted_on: dict[str, Any] | None = None,
                     **context: Any) -> Calibration:
     """Fit ``methods`` in order on (probs, z_spec); ``base`` (kept, not refitted) comes first.
 
     ``probs`` are uncalibrated PDFs (N, n_bins); each method is fitted on what the earlier steps make of them.
+    The method ``auto`` stands for the chain :func:`select_chain` picks on these objects (recorded in each
+    step's ``fitted_on["auto"]`` with the candidates' cross-validated scores).
     """
     chain = Calibration(grid, list(base.steps) if base else [])
     if base and base.grid is not None and base.grid != grid:
         raise ValueError(f"the existing calibration is on {base.grid}, the PDFs on {grid}")
     for method in methods:
+        if method == "auto":
+            chosen, scores = select_chain(probs, z_spec, grid, base=chain)
+            for m in chosen:
+                chain.fit_step(m, probs=probs, z_spec=z_spec,
+                               fitted_on={**(fitted_on or {}), "auto": {"chosen": chosen, "cv_pit_ks": scores}},
+                               **context)
+            continue
         chain.fit_step(method, probs=probs, z_spec=z_spec, fitted_on=fitted_on, **context)
     return chain
 
@@ -117,7 +167,8 @@ def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Se
     if not methods:
         raise ValueError("calibrate: name at least one method (see zpix.calibration.available_calibrators())")
     for m in methods:
-        get_calibrator(m)  # unknown names fail before the prediction pass
+        if m != "auto":
+            get_calibrator(m)  # unknown names fail before the prediction pass
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out} already exists; `zpix calibrate` writes a new run directory, choose another "
                               "--out")
