@@ -70,9 +70,10 @@ class TrainConfig:
     # ensembles (Sect. 3.8): member k uses seed + k
     ensemble: int = 1
     seed: int = 0
-    # post-hoc calibration fitted on the validation rows after training (zpix.calibration, docs/calibration.md),
+    # post-hoc calibration fitted on the validation rows after training (zpix.calibration, docs/calibration.md;
+    # "auto": the chain chosen by cross-validation there),
     # applied by `zpix predict`; [] switches it off (--set calibrate=[])
-    calibrate: list[str] = field(default_factory=lambda: ["temperature", "pit"])
+    calibrate: list[str] = field(default_factory=lambda: ["auto"])
     # hardware, passed straight to Lightning
     accelerator: str = "auto"
     devices: Any = "auto"
