@@ -314,3 +314,15 @@ def test_one_name_per_option_across_commands():
         assert "--on-bad" in names[command], command
     for command in ("train", "kfold", "predict"):
         assert {"--workers", "--progress", "--no-progress"} <= names[command], command
+
+
+def test_resume_takes_the_runs_own_config(run, tmp_path):
+    _, _, result = run
+    _one_error(_invoke(["train", "--resume", result.run_dir, "--lr", "0.1"]), "--resume continues a run")
+    (tmp_path / "empty").mkdir()
+    _one_error(_invoke(["train", "--resume", tmp_path / "empty"]), "not a run directory")
+    # a finished run resumes to itself: every member is kept as it is
+    before = (result.run_dir / "member_0" / "best.ckpt").stat().st_mtime_ns
+    res = _invoke(["train", "--resume", result.run_dir])
+    assert res.exit_code == 0, res.output
+    assert (result.run_dir / "member_0" / "best.ckpt").stat().st_mtime_ns == before
