@@ -186,6 +186,91 @@ def run_mgs(method: str, seed: int, val_fraction: float) -> dict[str, Any]:
     return entry
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "calibration_pit.png"
+START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
+
+
+def render(doc: dict[str, Any]) -> str:
+    """Markdown of the results (the block between the markers of docs/calibration.md)."""
+    out = [f"*{doc['date_utc'][:10]}, commit `{doc['commit']}`; chain `{'+'.join(doc['default_chain'])}`; "
+           "targets: PIT KS ≤ 0.02, coverage68 0.683 ± 0.02, σ_MAD changed ≤ 1%, CRPS not worse.*", "",
+           "| run | fit / test objects | chain chosen | PIT KS | coverage68 | coverage95 | CRPS | σ_MAD (change) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for case, r in doc["runs"].items():
+        b, a = r["before"], r["after"]
+        chosen = "+".join(r["variants"][DEFAULT_CHAIN]["steps"])
+        out.append(f"| {case} | {r['n_fit']:,} / {r['n_test']:,} | {chosen} "
+                   f"| {b['pit_ks']:.4f} → **{a['pit_ks']:.4f}** | {b['coverage68']:.3f} → **{a['coverage68']:.3f}** "
+                   f"| {b['coverage95']:.3f} → {a['coverage95']:.3f} | {b['crps']:.5f} → {a['crps']:.5f} "
+                   f"| {b['sigma_mad']:.5f} → {a['sigma_mad']:.5f} "
+                   f"({100 * (a['sigma_mad'] / b['sigma_mad'] - 1):+.1f}%) |")
+    for case, why in doc.get("skipped", {}).items():
+        out.append(f"| {case} | skipped: {why} | | | | | | |")
+    out += ["", "Every fixed chain, PIT KS after (test):", "",
+            "| run | " + " | ".join(k for k in doc["chains"] if k != DEFAULT_CHAIN) + " |",
+            "|---|" + "---|" * (len(doc["chains"]) - 1)]
+    for case, r in doc["runs"].items():
+        out.append(f"| {case} | " + " | ".join(f"{r['variants'][k]['pit_ks']:.4f}" for k in doc["chains"]
+                                                if k != DEFAULT_CHAIN) + " |")
+    f = doc.get("flags")
+    if f:
+        out += ["", f"Quality score on the mock's test rows ({f['n_test']:,} objects, {f['n_outliers']} with "
+                f"|Δz| > 0.05 after calibration). ROC AUC for finding them:", "",
+                "| score | " + " | ".join(f["auc"]) + " |", "|---|" + "---|" * len(f["auc"]),
+                "| AUC | " + " | ".join(f"{v:.3f}" for v in f["auc"].values()) + " |", "",
+                "| removed | η (worst-flagged removed) | η (widest removed) | σ_MAD (worst-flagged) | σ_MAD (widest) |",
+                "|---|---|---|---|---|",
+                f"| none | {100 * f['cuts']['none']['eta']:.2f}% | | {f['cuts']['none']['sigma_mad']:.5f} | |"]
+        for frac in CUTS:
+            k = int(frac * 100)
+            w, d = f["cuts"][f"worst_flagged_{k}pct"], f["cuts"][f"widest_{k}pct"]
+            out.append(f"| {k}% | {100 * w['eta']:.2f}% | {100 * d['eta']:.2f}% | {w['sigma_mad']:.5f} "
+                       f"| {d['sigma_mad']:.5f} |")
+    out += ["", "![PIT histograms before and after calibration](figures/calibration_pit.png)"]
+    return "\n".join(out)
+
+
+def pit_figure(doc: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = doc["runs"]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.2), squeeze=False)
+    for ax, (case, r) in zip(axes[0], runs.items(), strict=True):
+        edges = np.linspace(0, 1, len(r["pit_hist"]["before"]) + 1)
+        for key, colour in (("before", "tab:red"), ("after", "tab:blue")):
+            ax.stairs(r["pit_hist"][key], edges, color=colour, lw=1.6,
+                      label=f"{key}: KS {r[key]['pit_ks']:.3f}, cov68 {r[key]['coverage68']:.3f}")
+        ax.axhline(1, color="0.5", lw=0.8, ls="--")
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("PIT")
+        ax.set_ylim(0, max(1.6, max(max(r["pit_hist"]["before"]), max(r["pit_hist"]["after"])) * 1.1))
+        ax.legend(fontsize=7, loc="lower center")
+    axes[0][0].set_ylabel("density (1 = calibrated)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render_docs(results: Path) -> None:
+    import json
+
+    doc = json.loads(results.read_text())
+    text = DOCS.read_text()
+    if START not in text or END not in text:
+        raise click.ClickException(f"{DOCS} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    DOCS.write_text(f"{head}{START}\n{render(doc)}\n{END}{tail}")
+    pit_figure(doc, FIGURE)
+    print(f"updated {DOCS} and {FIGURE}")
+
+
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default="runs/bench/p19s_20k",
               show_default=True, help="Trained image run (config.yaml, split.npz, member_*/best.ckpt).")
@@ -197,9 +282,14 @@ def run_mgs(method: str, seed: int, val_fraction: float) -> dict[str, Any]:
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=str(RESULTS / "calibration.json"), show_default=True)
+@click.option("--render-docs", is_flag=True, help="Only rewrite docs/calibration.md's results block and figure "
+              "from --out.")
 def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: float, batch_size: int, seed: int,
-         out: str) -> None:
+         out: str, render_docs: bool) -> None:
     """Write benchmarks/results/calibration.json."""
+    if render_docs:
+        globals()["render_docs"](Path(out))
+        return
     doc: dict[str, Any] = {**stamp(), "seed": seed, "default_chain": CHAINS[DEFAULT_CHAIN], "chains": CHAINS,
                            "targets": {"pit_ks": "<= 0.02", "coverage68": "0.683 +- 0.02", "sigma_mad": "changed <= 1%",
                                        "crps": "not worse"},
