@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--weight", type=float, default=1.0, help="final adversarial weight w of the ramp")
     parser.add_argument("--controls", action="store_true", help="also guided-only and paired-only adaptation")
+    parser.add_argument("--extra-weights", type=float, nargs="*", default=[],
+                        help="also `da` with these final adversarial weights (methods da_w<w>: sensitivity to w)")
     parser.add_argument("--simulate-only", action="store_true")
     args = parser.parse_args(argv)
 
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         test_rows = labelled_rows(store.z_spec, np.arange(len(store)), 0.0, 0.4)
         z_target_test = store.z_spec[test_rows]
 
-    methods = {**METHODS, **(CONTROLS if args.controls else {})}
+    methods = {**METHODS, **(CONTROLS if args.controls else {}),
+               **{f"da_w{w:g}": {**METHODS["da"], "weight": w} for w in args.extra_weights}}
     per_seed: dict[str, list[dict[str, Any]]] = {k: [] for k in methods}
     for seed in args.seeds:
         for key, domain in methods.items():
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ckpt, member = train_run(source, out, "pasquet2019-small", split, seed, args.epochs, args.batch_size)
             else:
                 ckpt, member = train_run(source, out, "pasquet2019-small", split, seed, args.epochs, args.batch_size,
-                                         target_cubes=str(target_train), domain={**domain, "weight": args.weight})
+                                         target_cubes=str(target_train), domain={"weight": args.weight, **domain})
             record = {"seed": seed, "train_seconds": member["train_seconds"], "steps": member["steps"],
                       "target": point_metrics(predict_z(ckpt, target_test, test_rows), z_target_test),
                       "source": point_metrics(predict_z(ckpt, source, split.test), z_source_test)}
