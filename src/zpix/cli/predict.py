@@ -52,7 +52,7 @@ def predict_command(model: str, cubes: tuple[str, ...], out: str, split_name: st
     if dask_cluster:
         _predict_dask(model, cubes, out, dask_cluster, batch_size=batch_size or 64, device=device or "cpu",
                       on_bad=on_bad, overwrite=overwrite, pdf_format=pdf_format, block_rows=block_size,
-                      threads=threads, hats=hats, progress=progress)
+                      threads=threads, hats=hats, progress=progress, precision=precision)
         return
     if len(cubes) != 1 or not Path(cubes[0]).is_file():
         raise click.ClickException(f"give one cube store file, not {list(cubes)}; several shards or a glob pattern "

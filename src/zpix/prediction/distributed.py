@@ -127,17 +127,17 @@ _CACHE_LOCK = threading.Lock()
 LOAD_COUNT = {"n": 0}
 
 
-def cached_ensemble(model: str, device: str) -> list[Any]:
+def cached_ensemble(model: str, device: str, precision: str = "32") -> list[Any]:
     """The ensemble of ``model`` on ``device``, loaded once per process (checkpoint identity in the key)."""
     from zpix.prediction.streaming import load_ensemble
     from zpix.runs import checkpoint_paths
 
-    key = (str(Path(model).resolve()), device,
+    key = (str(Path(model).resolve()), device, precision,
            tuple((str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in checkpoint_paths(model)))
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE.clear()  # one model per worker at a time
-            _CACHE[key] = load_ensemble(model, device)
+            _CACHE[key] = load_ensemble(model, device, precision=precision)
             LOAD_COUNT["n"] += 1
         return _CACHE[key]
 
@@ -176,7 +176,8 @@ def set_torch_threads(threads: int) -> None:
 
 
 def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarray, batch_size: int,
-                  device: str, on_bad: str, pdf_format: str, threads: int | None = None) -> dict[str, Any]:
+                  device: str, on_bad: str, pdf_format: str, precision: str = "32",
+                  threads: int | None = None) -> dict[str, Any]:
     """Predict one partition and publish it (catalogue, PDFs, then its manifest entry)."""
     from zpix.atomic import write_json
     from zpix.prediction.format import CATALOG_FILE, PDF_FILE, read_meta
@@ -187,11 +188,12 @@ def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarra
     t0 = time.perf_counter()
     work = Path(work_dir)
     dev = _worker_device(device)
-    members = cached_ensemble(model, dev)
+    members = cached_ensemble(model, dev, precision)
     t_model = time.perf_counter() - t0
     task_dir = work / TASKS_DIR / part.name
     predict(model, part.shard, task_dir, rows=rows, batch_size=batch_size, num_workers=0, device=dev,
-            on_bad=on_bad, overwrite=True, progress=False, pdf_format=pdf_format, members=members)
+            on_bad=on_bad, overwrite=True, progress=False, pdf_format=pdf_format, members=members,
+            precision=precision)
     task_meta = read_meta(task_dir)
     os.replace(task_dir / PDF_FILE, work / PARTS_DIR / f"{part.name}.hdf5")
     os.replace(task_dir / CATALOG_FILE, work / CATALOG_DIR / f"{part.name}.parquet")
@@ -319,6 +321,7 @@ def predict_distributed(
     device: str = "cpu",
     threads: int | None = None,
     pdf_format: str = DEFAULT_PDF_FORMAT,
+    precision: str = "auto",
     on_bad: str = "error",
     overwrite: bool = False,
     hats: bool = False,
@@ -327,17 +330,20 @@ def predict_distributed(
     """Predict every valid row of ``shards`` with ``model`` on a Dask cluster into the directory ``out``.
 
     ``cluster`` is ``local:N`` or a scheduler address (ignored when a ``client`` is given);
-    ``threads`` the torch threads per worker (default cores / workers per host).  Finished partitions
+    ``threads`` the torch threads per worker (default cores / workers per host).  ``precision`` ("32", "bf16"
+    or "auto") is resolved once, here, so that every partition is computed the same way.  Finished partitions
     of an earlier, interrupted run of the same command are kept and only the missing ones computed.
     ``on_partition`` is called in the driver with each partition's manifest entry as it finishes.
     """
     from distributed import as_completed
 
     from zpix.atomic import AtomicDir
+    from zpix.hardware import inference_precision
 
     t0 = time.perf_counter()
     model = str(model)
     fmt = parse_pdf_format(pdf_format).spec
+    precision = inference_precision(precision, device)
     shard_paths = expand_shards(shards)
     if hats:
         from zpix.prediction.hats_output import check_radec
@@ -348,7 +354,7 @@ def predict_distributed(
     for sub in (CATALOG_DIR, PARTS_DIR, MANIFEST_DIR, TASKS_DIR):
         (work.path / sub).mkdir(exist_ok=True)
     key = _job_key(model, shard_paths, parts, batch_size=batch_size, device=device.split(":")[0],
-                   on_bad=on_bad, pdf_format=fmt)
+                   on_bad=on_bad, pdf_format=fmt, precision=precision)
     _check_job(work.path, key)
     todo = [p for p in parts if p.name not in finished(work.path, parts)]
     own = None
@@ -362,7 +368,8 @@ def predict_distributed(
             rows_by_shard = {s: _shard_rows(Path(s), on_bad) for s in {p.shard for p in todo}}
             futures = [client.submit(run_partition, p, model=str(Path(model).resolve()), work_dir=str(work.path),
                                      rows=rows_by_shard[p.shard][p.start:p.stop], batch_size=batch_size,
-                                     device=device, on_bad=on_bad, pdf_format=fmt, threads=threads,
+                                     device=device, on_bad=on_bad, pdf_format=fmt, precision=precision,
+                                     threads=threads,
                                      key=f"zpix-{p.name}-{os.getpid()}-{time.time_ns()}", pure=False, retries=2)
                        for p in todo]
             try:

@@ -161,7 +161,7 @@ class ZpixEstimator(CatEstimator):
             raise ValueError(f"{self.name}: the model is not a zpix image run (made by ZpixInformer)")
         self._tmp = tempfile.TemporaryDirectory(prefix="zpix-rail-")
         self._run_dir = _unpack_dir(model["run"], Path(self._tmp.name) / "run")
-        self._members = load_ensemble(self._run_dir, self.config.device)
+        self._members = load_ensemble(self._run_dir, self.config.device, precision="32")
         return model
 
     def _process_chunk(self, start: int, end: int, data: Any, first: bool) -> None:
@@ -175,7 +175,7 @@ class ZpixEstimator(CatEstimator):
         out = Path(self._tmp.name) / f"chunk-{start}"
         predict(self._run_dir, self.config.cubes, out, rows=rows, batch_size=self.config.batch_size,
                 num_workers=0, device=self.config.device, progress=False, pdf_dtype="float64",
-                members=self._members)
+                members=self._members, precision="32")
         pred = read_predictions(out)
         est = {k: pred.catalog[k].to_numpy() for k in ("z_mode", "z_mean", "z_median")}
         self._do_chunk_output(_ensemble(pred.pdfs, pred.grid, self.config.pdf_format, est), start, end, first,
