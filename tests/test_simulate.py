@@ -300,3 +300,46 @@ def test_mock_matches_real_mgs_catalogue():
     assert ks_2samp(dered[:, 2], real.r).statistic < 0.15
     assert abs(np.median(dered[:, 2]) - real.r.median()) < 0.3
     assert abs(np.median(dered[:, 1] - dered[:, 2]) - real["g-r"].median()) < 0.1
+
+
+# -- the legacy (DESI Legacy Imaging Surveys DR10) preset -----------------------------------------
+def test_legacy_preset_shapes_and_determinism(tmp_path):
+    from zpix.mock.presets import LEGACY_EXTINCTION
+
+    a = sim.simulate(6, tmp_path / "a.h5", survey="legacy", seed=4, workers=1, progress=False, neighbours=False)
+    b = sim.simulate(6, tmp_path / "b.h5", survey="legacy", seed=4, workers=2, progress=False, neighbours=False)
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert fa["images"].shape == (6, 4, 64, 64)
+        assert fa.attrs["pixel_scale_arcsec"] == pytest.approx(0.262)
+        assert list(fa.attrs["bands"]) == list("griz")
+        assert list(fa.attrs["image_filters"]) == [f"decam2014-{x}" for x in "griz"]
+        assert list(fa.attrs["extinction_coefficients"]) == pytest.approx(LEGACY_EXTINCTION)
+        assert fa.attrs["z_max_suggested"] >= 1.0
+        np.testing.assert_array_equal(fa["images"][:], fb["images"][:])
+        np.testing.assert_array_equal(fa["mags"][:], fb["mags"][:])
+    # the stamp size is a parameter
+    c = sim.simulate(2, tmp_path / "c.h5", survey="legacy", seed=4, workers=1, progress=False, stamp=96)
+    with h5py.File(c) as fc:
+        assert fc["images"].shape == (2, 4, 96, 96)
+
+
+def test_legacy_photometric_consistency_and_depth():
+    """Noiseless stamps carry the catalogue flux; n(z) reaches z ≈ 1; noise follows the DR10 depths."""
+    preset = get_preset("legacy")
+    batch, cols = _chunk("legacy", n=96, seed=5)
+    small = np.flatnonzero(np.maximum(batch["hlr_bulge"] * sim.BULGE_TRUNC, batch["hlr_disk"] * sim.DISK_TRUNC)
+                           < 0.4 * preset.stamp * preset.pixel_scale)[:8]
+    assert len(small) >= 4
+    images = sim.render_batch(sim._slice_batch(batch, 0, 96), preset, seed=0, noise=False)[small]
+    true_mags = np.stack([cols["catalog"][f"true_{b}"] for b in preset.bands], axis=1)[small]
+    ext = np.asarray(preset.extinction)[None, :] * cols["ebv"][small, None]
+    np.testing.assert_allclose(images.sum(axis=(2, 3)), 10 ** (-0.4 * (true_mags + ext - 22.5)), rtol=0.01)
+    pop = sample_population(3000, "legacy", seed=6)
+    assert 0.35 < np.median(pop["z"]) < 0.6 and np.percentile(pop["z"], 99) > 0.9
+    assert np.all(pop["sel_mag"] <= 22.5)
+    # a 5σ point source at the quoted PSF depth: σ_pix √NEA = F5 / 5
+    for sigma, fwhm, depth in zip(preset.sky_sigma, preset.psf_fwhm_median, (24.7, 24.2, 23.6, 23.2), strict=True):
+        nea = 4 * np.pi * (fwhm / 2.3548 / preset.pixel_scale) ** 2
+        assert 22.5 - 2.5 * np.log10(5 * sigma * np.sqrt(nea)) == pytest.approx(depth, abs=0.01)
+    # DR10 i covers part of the footprint only
+    assert 0.2 < np.isnan(pop["obs_mags"][:, 2]).mean() < 0.4

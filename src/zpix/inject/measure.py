@@ -141,3 +141,18 @@ def measure(frames: dict[str, np.ndarray], wcs: dict[str, Any], noise: dict[str,
         out[f"flux_{band}"], out[f"fluxerr_{band}"] = flux, ferr
         out[f"mag_{band}"], out[f"magerr_{band}"] = mag, merr
     return out
+
+
+def resampled_noise_factor(n: int = 2000) -> float:
+    """σ_cutout / σ_frame for white noise through the cutouts' Lanczos-3 resampling at the native scale.
+
+    A resampled pixel is Σ w_i w_j n_ij, so its variance is σ² Σw² per axis; averaged over the
+    uniformly distributed sub-pixel phases of a cutout grid (rotated and shifted against the frame's),
+    the factor is sqrt(E_u[Σ_k w_k(u)²] · E_v[Σ_k w_k(v)²]) (≈ 0.89 for Lanczos-3 normalised per axis).
+    """
+    from zpix.ingest.resample import lanczos3_kernel
+
+    u = (np.arange(n) + 0.5) / n
+    w = lanczos3_kernel(u[:, None] - np.arange(-2, 4)[None, :])
+    w /= w.sum(axis=1, keepdims=True)
+    return float(np.mean((w**2).sum(axis=1)))

@@ -1,4 +1,5 @@
-"""Observing settings of the mock surveys: ``sdss`` (Main Galaxy Sample) and ``kids`` (KiDS bright).
+"""Observing settings of the mock surveys: ``sdss`` (Main Galaxy Sample), ``kids`` (KiDS bright) and
+``legacy`` (DESI Legacy Imaging Surveys DR10, DECam g r i z).
 
 Every number below is a published or measured property of the real survey; the source is given
 beside it.  ``docs/mock_survey.md`` explains the choices and compares the result with real data.
@@ -214,7 +215,80 @@ KIDS = SurveyPreset(
     neighbour_min_sep=1.0,
 )
 
-PRESETS: dict[str, SurveyPreset] = {"sdss": SDSS, "kids": KIDS}
+def _sigma_from_psf_depth(mag5: float, fwhm: float, pixel_scale: float) -> float:
+    """Per-pixel sky noise (nmgy) of a survey whose 5σ point-source (PSF-fit) depth is ``mag5``.
+
+    The optimal PSF-fit flux of a Gaussian PSF has noise σ √NEA with NEA = 4π σ_psf² (King 1983), the
+    way the Legacy Surveys define their ``psfdepth``.
+    """
+    import math
+
+    flux5 = 10 ** ((22.5 - mag5) / 2.5)
+    nea = 4 * math.pi * (fwhm / 2.3548) ** 2 / pixel_scale**2
+    return flux5 / (5.0 * math.sqrt(nea))
+
+
+# DESI Legacy Imaging Surveys DR10 (south: DECaLS + DES + DELVE DECam data, Dey et al. 2019, AJ 157,
+# 168; legacysurvey.org/dr10/description): median PSF FWHM g 1.29", r 1.18", z 1.11" (Dey et al. 2019,
+# DECaLS), i ≈ 1.10" (DR10 adds DECam i from DES/DELVE); median 5σ point-source depths (psfdepth) of the
+# DR10 south footprint ≈ g 24.7, r 24.2, i 23.6, z 23.2 (approximate medians of the DR10 depth maps).
+_LEGACY_BANDS = ("g", "r", "i", "z")
+_LEGACY_FWHM = (1.29, 1.18, 1.10, 1.11)
+_LEGACY_DEPTH = (24.7, 24.2, 23.6, 23.2)
+_LEGACY_SIGMA = tuple(round(_sigma_from_psf_depth(m, f, 0.262), 5) for m, f in zip(_LEGACY_DEPTH, _LEGACY_FWHM,
+                                                                                    strict=True))
+# DECam zero points ≈ 25.0/25.2/25.0/24.9 AB for 1 e-/s (Dey et al. 2019) and ≈ 3 × 90-100 s per band
+# in the coadds: e-/nmgy = 10^(0.4 (zp − 22.5)) × t.  Only the shot noise of bright cores depends on it.
+_LEGACY_EPN = (3.0e3, 3.8e3, 3.0e3, 2.5e3)
+# A_b/E(B−V) for DECam of Schlafly & Finkbeiner (2011, Table 6), as the Legacy Surveys apply them
+# (DR9/DR10 catalogues' mw_transmission: g 3.214, r 2.165, z 1.211; i 1.592)
+LEGACY_EXTINCTION = (3.214, 2.165, 1.592, 1.211)
+
+LEGACY = SurveyPreset(
+    name="legacy",
+    bands=_LEGACY_BANDS,
+    image_filters=tuple(f"decam2014-{b}" for b in _LEGACY_BANDS),
+    stamp=64,  # a parameter: simulate(..., stamp=N) overrides it
+    pixel_scale=0.262,  # DECam / Legacy Surveys coadd pixels
+    psf_fwhm_median=_LEGACY_FWHM,
+    psf_scatter_dex=0.06,
+    psf_band_jitter_dex=0.03,
+    sky_sigma=_LEGACY_SIGMA,
+    sky_scatter_dex=0.10,  # number of passes varies across the footprint (1-3+ in DECaLS, more in DES)
+    electrons_per_nmgy=_LEGACY_EPN,
+    # Legacy footprint avoids the plane (|b| ≳ 18°): E(B−V) median ≈ 0.04, tail to ≈ 0.3
+    ebv_median=0.04,
+    ebv_sigma_ln=0.6,
+    ebv_max=0.3,
+    selection_band="r",
+    # r_auto < 22.5: a magnitude-limited photo-z sample reaching z ≈ 1 (its n(z) in docs/mock_survey.md),
+    # between DESI BGS (r < 19.5) and the full depth of the imaging
+    mag_limit=22.5,
+    selection_kind="auto",
+    bright_limit=14.0,
+    mu50_limit=None,
+    z_min=0.005,
+    z_max=1.6,
+    z_max_suggested=1.2,
+    mag_names=_LEGACY_BANDS,
+    mag_filters=tuple(f"decam2014-{b}" for b in _LEGACY_BANDS),
+    mag_extinction=LEGACY_EXTINCTION,
+    mag_sky_sigma=_LEGACY_SIGMA,
+    mag_pixel_scale=(0.262,) * 4,
+    mag_psf_fwhm=_LEGACY_FWHM,
+    mag_electrons_per_nmgy=_LEGACY_EPN,
+    # DR10 i covers only the DES/DELVE part of the footprint: i is missing for ~30% of objects
+    mag_missing_fraction=(0.0, 0.0, 0.3, 0.0),
+    mag_missing_group=(0, 0, 0, 0),
+    group_missing_fraction=(0.0,),
+    mag_asinh_b=None,
+    deep_fraction=0.0,
+    deep_epochs=(2, 4),
+    neighbour_mag_limit=24.5,
+    neighbour_min_sep=1.0,
+)
+
+PRESETS: dict[str, SurveyPreset] = {"sdss": SDSS, "kids": KIDS, "legacy": LEGACY}
 
 
 def get_preset(name: str, **overrides: Any) -> SurveyPreset:
