@@ -1,34 +1,44 @@
-"""Speed benchmark: zpix's networks against the machine's own dense-matmul limit, in one process.
+"""Speed benchmark: zpix's defaults against its own fp32 channels-last eager baseline, in one process.
 
-1. The roof: the best dense matmul rate of this machine, R = 2 n³ / t GFLOP/s (fp32 on CPU, bf16 on a
-   GPU), measured in this process with the same threads as everything after it.
-2. For ``pasquet2019`` and ``pasquet2019-small``: forward FLOPs per image F (torch's FlopCounterMode;
-   2 per multiply-add), inference images/s I and training images/s T (forward + backward + Adam step
-   through :class:`~zpix.training.module.PhotoZModule`'s loss, with its dihedral augmentation) at
-   batch 32-128, and the roof ratios I·F / R and T·3F / R (a backward pass costs about twice a forward).
-3. The cube-store DataLoader's images/s with the default worker count (TrainConfig.num_workers),
-   which must exceed the training rate.
-4. ``zpix predict`` end-to-end images/s (HDF5 reading, inference, qp + Parquet writing) as a fraction
-   of pure inference at the same batch size.
-5. Peak resident memory of ``zpix predict`` (a subprocess) on 20k and 100k objects: it must not grow
-   with N, because prediction streams.
+Every rate is images/s of ``pasquet2019`` (Table A.1, 1.52 GFLOP per 64x64x5 image) measured in this
+process with the same threads, so only the ratios between them mean something on a shared machine.
 
-Variants (``--variants``): ``base`` (fp32, NCHW, inference_mode), ``channels_last``, ``compile``
-(torch.compile), ``compile+channels_last``, ``no_grad`` (instead of inference_mode).  The reference of
-Pasquet et al. (2019): 0.21 s per forward+backward batch of 128 on a GTX Titan X, about 610 images/s.
+* **Baseline**: fp32, channels-last, eager, ``torch.inference_mode`` (inference) or forward + backward
+  + Adam with the dihedral augmentation of :class:`~zpix.training.module.PhotoZModule` (training), at
+  batch 32 and 64: ``baseline_infer_img_s``, ``baseline_train_img_s``.  Each ratio below divides by the
+  better of the two batches.
+* **Default paths**: what ``zpix predict`` and ``zpix train`` do on this machine without options:
+  the precision chosen by :mod:`zpix.hardware` (bf16 body only where it is native, faster and passed the
+  accuracy guard), prediction on slices of ``inference_chunk`` images, training at the ``pasquet2019``
+  preset's batch.  ``best_infer_ratio``, ``best_train_ratio``.
+* **fp32 compiled path** (``torch.compile``, inductor with weight freezing, ``zpix predict --compile``):
+  ``fp32_infer_ratio``, with its compile time.
+* **End to end**: ``zpix.predict`` on ≥ 10,000 objects (model loading, HDF5 reading in a worker, the
+  network, qp/Parquet writing, all included) against the pure default inference rate:
+  ``predict_end_to_end_ratio``.  ``zpix.train`` (Lightning loop, DataLoader, logging, checkpoints)
+  over two run lengths, so that start-up and validation cancel: ``train_end_to_end_ratio``.
+* **Roofs**: the dense matmul rate of the precision each path computes in (fp32, or bf16 where bf16 is
+  used), R = 2n³/t, and each path's FLOP rate as a fraction of it (training = 3x the forward FLOPs).
+* **Accuracy guard** (``bf16_vs_fp32``) on a trained ``pasquet2019-small`` (``--guard-run``): the same
+  test rows predicted in fp32 and with the bf16 body; changes of σ_MAD (relative), bias, CRPS
+  (relative), the largest per-object |Δz_mean|; plain autocast and weight-rounding diagnostics that
+  locate where bf16 loses accuracy.
+* **Training seed study** (``bf16_training``): ``pasquet2019-small`` trained in fp32 and in bf16-mixed,
+  ``--seeds`` seeds each on the same split and budget, σ_MAD of each on the same test rows (predicted in
+  fp32): does bf16-mixed land within the fp32 seed-to-seed spread?
 
-    python benchmarks/speed.py                      # CPU: benchmarks/results/speed.json
-    python benchmarks/speed.py --device cuda        # GPU with bf16 autocast: speed_gpu.json
+    python benchmarks/speed.py --cubes runs/bench/mock_sdss.h5 --guard-run runs/bench/p19s_20k
+    python benchmarks/speed.py --device cuda        # GPU: speed_gpu.json
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, stamp, write_json  # noqa: E402
 
-MODELS = ("pasquet2019", "pasquet2019-small")
+MODEL = "pasquet2019"
 
 
 def _sync(device: str) -> None:
@@ -49,7 +59,7 @@ def _sync(device: str) -> None:
 
 
 def timed(fn: Any, device: str, min_time: float, min_iters: int = 2, warmup: int = 1) -> float:
-    """Seconds per call of ``fn``: ``warmup`` untimed calls, then at least ``min_iters`` and ``min_time`` s."""
+    """Seconds per call of ``fn``: ``warmup`` untimed calls, then at least ``min_iters`` calls and ``min_time`` s."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -62,118 +72,123 @@ def timed(fn: Any, device: str, min_time: float, min_iters: int = 2, warmup: int
 
 
 def matmul_roof(device: str, dtype_name: str, min_time: float) -> dict[str, Any]:
-    """Best 2n³/t over a few square sizes: the dense compute limit the networks are held against."""
+    """Best 2n³/t over a few square sizes: the dense compute limit of ``dtype_name`` on ``device``."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    sizes = (1024, 2048, 3072) if device == "cpu" else (4096, 8192, 16384)
+    sizes = (1024, 2048) if device == "cpu" else (4096, 8192)
     rates = {}
     for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
         t = timed(lambda a=a, b=b: torch.mm(a, b), device, min_time)
         rates[n] = 2 * n**3 / t / 1e9
     return {"gflops": max(rates.values()), "by_size": rates, "dtype": dtype_name}
 
 
-def forward_flops(model: Any, image_size: int, n_bands: int, device: str) -> float:
+def forward_flops(model: Any, device: str) -> float:
     """Forward FLOPs per image counted by torch.utils.flop_counter (convolutions and matmuls)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(4, n_bands, image_size, image_size, device=device)
-    ebv = torch.zeros(4, device=device)
+    cfg = model.zpix_config
+    x = torch.randn(2, cfg["n_bands"], cfg["image_size"], cfg["image_size"], device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x, ebv)
-    return counter.get_total_flops() / 4
+        model(x, torch.zeros(2, device=device))
+    return counter.get_total_flops() / 2
 
 
-def build(name: str, device: str, variant: str) -> Any:
-    """A PhotoZModule around ``name`` on ``device`` in the layout of ``variant``."""
+def build(name: str, device: str) -> Any:
+    """A channels-last PhotoZModule around an untrained ``name`` (speed does not depend on the weights)."""
+    import torch
+
     from zpix.models import model_config
     from zpix.pdf import RedshiftGrid
     from zpix.training.module import PhotoZModule
 
+    torch.manual_seed(0)
     cfg = model_config(name)
     module = PhotoZModule(name, {k: cfg[k] for k in ("n_bands", "image_size", "use_ebv")},
-                          RedshiftGrid().to_dict(), channels_last="channels_last" in variant)
+                          RedshiftGrid().to_dict(), channels_last=True)
     return module.to(device)
 
 
-def measure_model(name: str, device: str, variant: str, batches: list[int], roof: float, min_time: float,
-                  train: bool) -> dict[str, Any]:
-    """Inference and training images/s at each batch size, with the roof ratios."""
+def batch_of(b: int, device: str, seed: int = 0) -> dict[str, Any]:
     import torch
 
-    module = build(name, device, variant)
-    model = module.model
-    cfg = model.zpix_config
-    n_bands, size = cfg["n_bands"], cfg["image_size"]
-    flops = forward_flops(model, size, n_bands, device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    fwd = torch.compile(model) if "compile" in variant else model
-    grad_ctx = torch.no_grad if variant == "no_grad" else torch.inference_mode
-    out: dict[str, Any] = {"forward_gflops_per_image": flops / 1e9, "variant": variant, "infer": {}, "train": {}}
-    for b in batches:
-        x = torch.randn(b, n_bands, size, size, device=device).abs()
-        if "channels_last" in variant:
-            x = x.contiguous(memory_format=torch.channels_last)
-        ebv = torch.rand(b, device=device) * 0.1
-        z = torch.rand(b, device=device) * 0.3
-        model.eval()
-
-        def infer(x=x, ebv=ebv) -> None:
-            with grad_ctx(), autocast:
-                fwd(x, ebv)
-
-        t = timed(infer, device, min_time)
-        out["infer"][b] = b / t
-        if not train:
-            continue
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        batch = {"image": x, "ebv": ebv, "z": z}
-
-        def step(batch=batch, opt=opt) -> None:
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                images, e, _ = module._inputs(batch, train=True)  # dihedral augmentation, as in training
-                loss = module.loss(fwd(images, e), batch["z"])
-            loss.backward()
-            opt.step()
-
-        t = timed(step, device, min_time)
-        out["train"][b] = b / t
-    out["infer_img_s"] = max(out["infer"].values())
-    out["infer_best_batch"] = max(out["infer"], key=out["infer"].get)
-    out["infer_roof_ratio"] = out["infer_img_s"] * flops / 1e9 / roof
-    if train:
-        out["train_img_s"] = max(out["train"].values())
-        out["train_best_batch"] = max(out["train"], key=out["train"].get)
-        out["train_roof_ratio"] = out["train_img_s"] * 3 * flops / 1e9 / roof
-    return out
+    g = torch.Generator().manual_seed(seed)
+    return {"image": (torch.randn(b, 5, 64, 64, generator=g) * 0.5).abs().to(device),
+            "ebv": (torch.rand(b, generator=g) * 0.1).to(device), "z": (torch.rand(b, generator=g) * 0.3).to(device),
+            "index": torch.arange(b, device=device)}
 
 
-def random_cubes(path: Path, n: int, size: int = 64, bands: int = 5, chunk: int = 1000) -> Path:
-    """A cube store of ``n`` noise images (positive, galaxy-like values in nanomaggies); fast to write."""
-    from zpix.store.cube_store import CubeWriter
+def infer_rate(members: list, batch: dict, chunk: int | None, device: str, min_time: float) -> float:
+    """Images/s of zpix.prediction.streaming.member_probabilities: what zpix predict runs per batch."""
+    import torch
 
-    rng = np.random.default_rng(0)
-    block = np.abs(rng.normal(0.05, 0.5, (chunk, bands, size, size))).astype(np.float32)
-    with CubeWriter(path, bands=list("ugriz")[:bands], image_shape=(size, size), pixel_scale_arcsec=0.396,
-                    survey="speed-test") as w:
-        for s in range(0, n, chunk):
-            m = min(chunk, n - s)
-            w.append(block[:m], rng.uniform(0.01, 0.35, m), rng.uniform(0, 0.1, m), np.arange(s, s + m))
-    return path
+    from zpix.prediction.streaming import member_probabilities
+
+    def run() -> None:
+        with torch.inference_mode():
+            member_probabilities(members, batch, chunk)
+
+    return len(batch["ebv"]) / timed(run, device, min_time)
+
+
+def autocast_rate(module: Any, batch: dict, device: str, min_time: float) -> float:
+    """Plain torch.autocast(bf16) around the whole fp32 network (the probe of the issue)."""
+    import torch
+
+    def run() -> None:
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            module(batch)
+
+    return len(batch["ebv"]) / timed(run, device, min_time)
+
+
+def train_rate(module: Any, batch: dict, device: str, min_time: float, precision: str) -> float:
+    """Images/s of one optimiser step as PhotoZModule trains (augmentation, loss, backward, Adam);
+    ``precision`` "bf16-mixed" runs it under autocast with the first convolution and head in fp32."""
+    import torch
+
+    from zpix.precision import keep_ends_fp32
+
+    module.train()
+    if precision == "bf16-mixed":
+        keep_ends_fp32(module.model)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-4)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=precision == "bf16-mixed")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = module.loss(module.raw_output(batch, train=True), batch["z"])
+        loss.backward()
+        opt.step()
+
+    rate = len(batch["ebv"]) / timed(step, device, min_time)
+    module.eval()
+    return rate
+
+
+def compiled_rate(module: Any, batch: dict, chunk: int, device: str, min_time: float) -> dict[str, float]:
+    """fp32 inference through zpix.prediction.streaming.compile_members (inductor, frozen weights)."""
+    from zpix.prediction.streaming import compile_members
+
+    t0 = time.perf_counter()
+    members = compile_members([module], chunk)
+    rate = infer_rate(members, {k: v[:chunk] for k, v in batch.items()}, chunk, device, 0.0)  # compiles
+    seconds = time.perf_counter() - t0
+    return {"img_s": infer_rate(members, batch, chunk, device, min_time), "compile_seconds": seconds,
+            "first_call_img_s": rate}
 
 
 def make_run(name: str, run_dir: Path) -> Path:
-    """A run directory (member_0/best.ckpt) holding an untrained ``name``: prediction cost does not
-    depend on the weights."""
+    """A run directory (member_0/best.ckpt) holding an untrained ``name``."""
     import lightning as L
 
-    module = build(name, "cpu", "base")
+    module = build(name, "cpu")
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(module)
@@ -182,165 +197,330 @@ def make_run(name: str, run_dir: Path) -> Path:
     return run_dir
 
 
-def loader_rate(cubes: Path, batch_size: int, num_workers: int, max_batches: int) -> float:
-    """Images/s of the training DataLoader over the cube store (shuffled, as in training)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from zpix.store.dataset import CubeDataset
-
-    ds = CubeDataset(cubes)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
-                    persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
-    it = iter(dl)
-    next(it)  # start the workers
-    n, t0 = 0, time.perf_counter()
-    for k, batch in enumerate(it):
-        n += len(batch["z"])
-        if k + 1 >= max_batches:
-            break
-    return n / (time.perf_counter() - t0)
-
-
-def predict_rate(run_dir: Path, cubes: Path, out: Path, batch_size: int, device: str) -> float:
-    """Images/s of zpix.prediction.streaming.predict (reading, inference, writing) in this process."""
+def predict_end_to_end(run_dir: Path, cubes: Path, rows: np.ndarray, out: Path, device: str) -> dict[str, Any]:
+    """zpix.predict with its defaults (precision, batch, chunk, one loader worker) on ``rows``."""
     from zpix.prediction.streaming import predict
-    from zpix.store.cube_store import CubeStore
 
-    with CubeStore(cubes, validate=False) as store:
-        n = len(store)
     t0 = time.perf_counter()
-    predict(run_dir, cubes, out, batch_size=batch_size, num_workers=1, device=device, overwrite=True,
-            progress=False)
-    return n / (time.perf_counter() - t0)
+    predict(run_dir, cubes, out, rows=rows, num_workers=1, device=device, overwrite=True, progress=False,
+            calibrate=False)
+    seconds = time.perf_counter() - t0
+    return {"n": len(rows), "seconds": seconds, "img_s": len(rows) / seconds}
 
 
-def predict_peak_rss_mb(run_dir: Path, cubes: Path, out: Path, batch_size: int, device: str) -> dict[str, float]:
-    """Peak RSS of `zpix predict` run as a child of a fresh wrapper process (ru_maxrss of its children:
-    the largest single process, i.e. the main process or its loader worker) and its wall time."""
-    zpix = shutil.which("zpix", path=str(Path(sys.executable).parent)) or "zpix"
-    code = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-            "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t)")
-    cmd = [sys.executable, "-c", code, zpix, "predict", str(run_dir), str(cubes), "--out", str(out),
-           "--batch-size", str(batch_size), "--num-workers", "1", "--device", device, "--overwrite"]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    kb, seconds = res.stdout.split()
-    return {"peak_rss_mb": int(kb) / 1024, "seconds": float(seconds)}
+def train_end_to_end(cubes: Path, out: Path, steps: tuple[int, int], n_train: int) -> dict[str, Any]:
+    """zpix.train with the pasquet2019 preset (its batch, precision, workers, channels-last), run for two
+    numbers of steps on the same split: the difference cancels start-up, validation and checkpointing."""
+    from dataclasses import replace
+
+    from zpix.runs import Split
+    from zpix.training.api import train
+    from zpix.training.config import TrainConfig
+
+    cfg = TrainConfig.from_yaml("pasquet2019")
+    cfg = replace(cfg, cubes=str(cubes), ensemble=1, max_epochs=1, progress=False, calibrate=[], patience=1)
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(np.arange(n_train + 256))
+    split = Split(train=np.sort(rows[:n_train]), val=np.sort(rows[n_train:n_train + 128]),
+                  test=np.sort(rows[n_train + 128:]))
+    runs = {}
+    for s in steps:
+        t0 = time.perf_counter()
+        result = train(replace(cfg, out=str(out / f"steps_{s}"), max_steps=s), split=split)
+        member = result.summary["members"][0]
+        runs[s] = {"wall_seconds": time.perf_counter() - t0, "train_seconds": member["train_seconds"],
+                   "steps": member["steps"]}
+    a, b = steps
+    extra = (runs[b]["steps"] - runs[a]["steps"]) * cfg.batch_size
+    return {"batch_size": cfg.batch_size, "runs": runs,
+            "img_s": extra / (runs[b]["train_seconds"] - runs[a]["train_seconds"])}
+
+
+def accuracy_guard(run: Path, cubes: Path, n_test: int | None) -> dict[str, Any]:
+    """fp32 against the bf16 body (zpix.precision.cast_body) on the run's test rows, plus diagnostics:
+    plain autocast everywhere, and fp32 with the weights of one part rounded to bf16."""
+    import torch
+    from scipy.stats import kstest
+
+    from zpix.evaluation.metrics import bias, crps, delta_z, sigma_mad
+    from zpix.pdf import RedshiftGrid, cdf_at, pdf_mean
+    from zpix.precision import cast_body
+    from zpix.runs import checkpoint_paths
+    from zpix.store.cube_store import CubeStore
+    from zpix.training.module import PhotoZModule
+
+    ckpt = checkpoint_paths(run)[0]
+    rows = np.sort(np.load(Path(run) / "split.npz")["test"])
+    rows = rows[:n_test] if n_test else rows
+    with CubeStore(cubes, validate=False) as store:
+        images = torch.from_numpy(store.images(rows))
+        z = store.z_spec[rows].astype(np.float64)
+        ebv = torch.from_numpy(store.ebv[rows].astype(np.float32))
+    base = PhotoZModule.load_from_checkpoint(ckpt, map_location="cpu", channels_last=True, compile="none").eval()
+    grid = RedshiftGrid.from_dict(base.hparams.grid)
+
+    def probs(model: Any, autocast: bool = False) -> np.ndarray:
+        out = []
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            for i in range(0, len(rows), 256):
+                x = images[i:i + 256].contiguous(memory_format=torch.channels_last)
+                out.append(torch.softmax(model(x, ebv[i:i + 256]).float(), 1).double().numpy())
+        return np.concatenate(out)
+
+    def rounded(names: list[str]) -> Any:
+        model = copy.deepcopy(base.model)
+        with torch.no_grad():
+            for name in names:
+                for p in model.get_submodule(name).parameters():
+                    p.copy_(p.bfloat16().float())
+        return model
+
+    def metrics(p: np.ndarray) -> dict[str, Any]:
+        zm = pdf_mean(p, grid)
+        dz = delta_z(zm, z)
+        return {"sigma_mad": sigma_mad(dz), "bias": bias(dz), "crps": float(crps(p, grid, z).mean()),
+                "pit_ks": float(kstest(cdf_at(p, grid, z), "uniform").statistic), "z_mean": zm}
+
+    ref = metrics(probs(base.model))
+    variants = {"bf16_body": lambda: probs(cast_body(copy.deepcopy(base.model))),
+                "autocast_everywhere": lambda: probs(base.model, autocast=True),
+                "fp32_weights_of_first_conv_rounded": lambda: probs(rounded(["backbone.stem.layers.0"])),
+                "fp32_weights_of_trunk_rounded": lambda: probs(rounded(["backbone.trunk"])),
+                "fp32_weights_of_head_rounded": lambda: probs(rounded(["head"])),
+                "fp32_inputs_rounded": lambda: probs(_InputRounded(base.model))}
+    out: dict[str, Any] = {"run": str(run), "checkpoint": str(ckpt), "n_test": len(rows),
+                           "fp32": {k: v for k, v in ref.items() if k != "z_mean"}, "variants": {}}
+    for name, fn in variants.items():
+        m = metrics(fn())
+        d = m.pop("z_mean") - ref["z_mean"]
+        out["variants"][name] = {**m, "sigma_mad_rel_change": m["sigma_mad"] / ref["sigma_mad"] - 1,
+                                 "bias_change": m["bias"] - ref["bias"], "crps_rel_change": m["crps"] / ref["crps"] - 1,
+                                 "pit_ks_change": m["pit_ks"] - ref["pit_ks"], "mean_dz_mean": float(d.mean()),
+                                 "max_abs_dz_mean": float(np.abs(d).max()),
+                                 "median_abs_dz_mean": float(np.median(np.abs(d)))}
+        print(f"  guard {name}: bias change {out['variants'][name]['bias_change']:+.2e}, max |dz_mean| "
+              f"{out['variants'][name]['max_abs_dz_mean']:.2e}", flush=True)
+    return out
+
+
+class _InputRounded:
+    """The fp32 model fed inputs rounded to bf16 (diagnostic: does the input's rounding alone matter?)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, x: Any, ebv: Any) -> Any:
+        return self.model(x.bfloat16().float(), ebv)
+
+
+def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, epochs: int) -> dict[str, Any]:
+    """pasquet2019-small trained in fp32 and in bf16-mixed, ``seeds`` seeds each, on one split with one
+    budget; σ_MAD of each on the same test rows, predicted in fp32."""
+    from zpix.evaluation.metrics import bias, delta_z, sigma_mad
+    from zpix.prediction.format import read_predictions
+    from zpix.prediction.streaming import predict
+    from zpix.runs import Split
+    from zpix.training.api import train
+    from zpix.training.config import TrainConfig
+
+    rng = np.random.default_rng(2019)
+    rows = rng.permutation(np.arange(n_train + n_test + 1000))
+    split = Split(train=np.sort(rows[:n_train]), val=np.sort(rows[n_train:n_train + 1000]),
+                  test=np.sort(rows[n_train + 1000:]))
+    results: dict[str, Any] = {"model": "pasquet2019-small", "n_train": n_train, "n_val": 1000, "n_test": n_test,
+                               "epochs": epochs, "batch_size": 64, "lr_schedule": "cosine", "runs": {}}
+    for precision in ("32-true", "bf16-mixed"):
+        runs = []
+        for seed in range(seeds):
+            cfg = TrainConfig(cubes=str(cubes), out=str(out / f"{precision}_{seed}"), model="pasquet2019-small",
+                              seed=seed, max_epochs=epochs, batch_size=64, lr_schedule="cosine", patience=epochs,
+                              precision=precision, progress=False, calibrate=[], num_workers="auto")
+            t0 = time.perf_counter()
+            result = train(cfg, split=split)
+            seconds = time.perf_counter() - t0
+            pred = predict(result.run_dir, cubes, out / f"pred_{precision}_{seed}", rows=split.test, precision="32",
+                           progress=False, calibrate=False, overwrite=True)
+            cat = read_predictions(pred, load_pdfs=False).catalog
+            dz = delta_z(cat["z_mean"].to_numpy(), cat["z_spec"].to_numpy())
+            runs.append({"seed": seed, "sigma_mad": sigma_mad(dz), "bias": bias(dz), "seconds": seconds})
+            print(f"  seed study {precision} seed {seed}: sigma_MAD {runs[-1]['sigma_mad']:.5f} "
+                  f"({seconds:.0f} s)", flush=True)
+        s = np.array([r["sigma_mad"] for r in runs])
+        results["runs"][precision] = {"runs": runs, "sigma_mad_mean": float(s.mean()),
+                                      "sigma_mad_std": float(s.std(ddof=1)) if len(s) > 1 else float("nan"),
+                                      "seconds_mean": float(np.mean([r["seconds"] for r in runs]))}
+    f32, b16 = results["runs"]["32-true"], results["runs"]["bf16-mixed"]
+    results["mean_difference"] = b16["sigma_mad_mean"] - f32["sigma_mad_mean"]
+    results["fp32_spread"] = f32["sigma_mad_std"]
+    # within the spread: the difference of the means is no larger than fp32's seed-to-seed standard deviation
+    results["passed"] = bool(abs(results["mean_difference"]) <= f32["sigma_mad_std"])
+    return results
 
 
 @click.command()
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--cubes", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="Cube store (64x64x5) for the end-to-end runs and the seed study (e.g. the SDSS-like mock).")
+@click.option("--guard-run", type=click.Path(exists=True, file_okay=False), default=None,
+              help="A trained pasquet2019-small run (with split.npz) for the bf16 accuracy guard.")
+@click.option("--guard-cubes", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The guard run's cube store (default --cubes).")
+@click.option("--guard-n", type=int, default=None, help="Test rows of the guard (default: all of the run's).")
+@click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
-@click.option("--models", default=",".join(MODELS), show_default=True)
-@click.option("--batches", default=None, help="Batch sizes (default 32,64,128 on CPU; 128,256,512 on GPU).")
-@click.option("--variants", default="base,channels_last,compile,compile+channels_last,no_grad", show_default=True,
-              help="Layouts to time; the best one per model is reported at the top level.")
 @click.option("--min-time", default=3.0, show_default=True, help="Seconds of timing per measurement.")
-@click.option("--predict-n", default=1024, show_default=True, help="Objects for the end-to-end predict rate.")
-@click.option("--rss-sizes", default="20000,100000", show_default=True,
-              help="Object counts of the peak-RSS measurement ('' to skip).")
-@click.option("--rss-model", default="pasquet2019-small", show_default=True,
-              help="Model of the RSS runs (prediction memory does not depend on the network's cost).")
-@click.option("--models-only", is_flag=True, help="Only the roof and the networks (no loader / predict / RSS).")
+@click.option("--predict-n", default=10_000, show_default=True, help="Objects of the end-to-end prediction.")
+@click.option("--train-steps", default="3,12", show_default=True,
+              help="The two run lengths (steps) of the end-to-end training measurement.")
+@click.option("--seeds", default=3, show_default=True, help="Seeds per precision of the training study (0: skip).")
+@click.option("--seed-train", default=6000, show_default=True, help="Training objects of the seed study.")
+@click.option("--seed-epochs", default=3, show_default=True, help="Epochs of each seed-study run.")
+@click.option("--seed-study-only", is_flag=True, help="Run only the seed study (it needs no quiet machine).")
+@click.option("--seed-study-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take the seed study from this earlier results file (with its own date and commit).")
+@click.option("--no-compile", is_flag=True, help="Skip the compiled fp32 path (no C++ compiler).")
 @click.option("--tmp", type=click.Path(file_okay=False), default=None, help="Scratch folder (default: a temp dir).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results file (default by device).")
-def main(device: str | None, threads: int | None, models: str, batches: str | None, variants: str,
-         min_time: float, predict_n: int, rss_sizes: str, rss_model: str, models_only: bool, tmp: str | None,
+def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: int | None, device: str,
+         threads: int | None, min_time: float, predict_n: int, train_steps: str, seeds: int, seed_train: int,
+         seed_epochs: int, seed_study_only: bool, seed_study_from: str | None, no_compile: bool, tmp: str | None,
          out: str | None) -> None:
-    """Measure the roof, the networks, the loader and prediction; write speed.json (speed_gpu.json on GPU)."""
+    """Measure baseline, default, compiled and end-to-end rates, the accuracy guard and the seed study."""
     import torch
 
+    from zpix import hardware
+    from zpix.precision import cast_body
     from zpix.training.config import TrainConfig
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if threads:
         torch.set_num_threads(threads)
     gpu = device.startswith("cuda")
-    batch_list = [int(b) for b in (batches or ("128,256,512" if gpu else "32,64,128")).split(",")]
     out_path = Path(out) if out else RESULTS / ("speed_gpu.json" if gpu else "speed.json")
     scratch = Path(tmp) if tmp else Path(tempfile.mkdtemp(prefix="zpix-speed-"))
     scratch.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {**stamp(), "device": device if not gpu else torch.cuda.get_device_name(0),
-                           "torch_threads": torch.get_num_threads(), "precision": "bf16 autocast" if gpu else "fp32",
-                           "batches": batch_list, "reference": {"pasquet2019_titan_x_train_img_s": 128 / 0.21}}
+    cubes_path = Path(cubes)
+    precision = hardware.inference_precision("auto", device)
+    preset = TrainConfig.from_yaml("pasquet2019")
+    train_precision = hardware.training_precision(preset.precision, "gpu" if gpu else "cpu")
+    chunk = hardware.inference_chunk(device) or hardware.predict_batch(device)
+    read_batch = hardware.predict_batch(device)
+    doc: dict[str, Any] = {**stamp(), "model": MODEL, "device": torch.cuda.get_device_name(0) if gpu else device,
+                           "torch_threads": torch.get_num_threads(), "hardware": hardware.describe(),
+                           "defaults": {"inference_precision": precision, "training_precision": train_precision,
+                                        "predict_batch": read_batch, "inference_chunk": chunk,
+                                        "train_batch": preset.batch_size,
+                                        "loader_workers": hardware.loader_workers()}}
+    t_start = time.perf_counter()
     try:
-        roof = matmul_roof(device, "bfloat16" if gpu else "float32", min_time)
-        doc["matmul_gflops"] = roof["gflops"]
-        doc["matmul"] = roof
-        print(f"matmul roof {roof['gflops']:.1f} GFLOP/s ({roof['dtype']})", flush=True)
-        doc["models"], doc["variants"] = {}, {}
-        for name in [m for m in models.split(",") if m]:
-            doc["variants"][name] = {}
-            for variant in [v for v in variants.split(",") if v]:
-                try:
-                    r = measure_model(name, device, variant, batch_list, roof["gflops"], min_time,
-                                      train=variant not in ("no_grad",))
-                except Exception as err:  # noqa: BLE001 - e.g. torch.compile without a compiler: say so, go on
-                    doc["variants"][name][variant] = {"error": f"{type(err).__name__}: {err}"[:500]}
-                    print(f"[{name} {variant}] failed: {err}", flush=True)
-                    continue
-                doc["variants"][name][variant] = r
-                print(f"[{name} {variant}] {r['forward_gflops_per_image']:.3f} GFLOP/img  infer "
-                      f"{r['infer_img_s']:.1f} img/s ({r['infer_roof_ratio']:.0%} of roof)"
-                      + (f"  train {r['train_img_s']:.1f} img/s ({r['train_roof_ratio']:.0%})" if "train_img_s" in r
-                         else ""), flush=True)
-                write_json(out_path, doc)
-            ok = {v: r for v, r in doc["variants"][name].items() if "infer_img_s" in r}
-            best_i = max(ok, key=lambda v: ok[v]["infer_img_s"])
-            trained = {v: r for v, r in ok.items() if "train_img_s" in r}
-            best_t = max(trained, key=lambda v: trained[v]["train_img_s"])
-            doc["models"][name] = {
-                "forward_gflops_per_image": ok[best_i]["forward_gflops_per_image"],
-                "infer_img_s": ok[best_i]["infer_img_s"], "infer_roof_ratio": ok[best_i]["infer_roof_ratio"],
-                "infer_variant": best_i, "infer_batch": ok[best_i]["infer_best_batch"],
-                "train_img_s": trained[best_t]["train_img_s"], "train_roof_ratio": trained[best_t]["train_roof_ratio"],
-                "train_variant": best_t, "train_batch": trained[best_t]["train_best_batch"],
-                "base_infer_img_s": ok.get("base", {}).get("infer_img_s"),
-                "base_train_img_s": ok.get("base", {}).get("train_img_s"),
-            }
-            write_json(out_path, doc)
-        if models_only:
-            doc["status"] = "models only"
+        if seed_study_only:
+            doc["bf16_training"] = seed_study(cubes_path, scratch / "seeds", seeds, seed_train, 2000, seed_epochs)
+            doc["bf16_training"]["seconds"] = time.perf_counter() - t_start
+            doc["status"] = "seed study only"
             write_json(out_path, doc)
             return
-        # the data loader against the training rate
-        workers = TrainConfig().num_workers
-        cubes = random_cubes(scratch / "loader.h5", 6000)
-        doc["loader_img_s"] = loader_rate(cubes, 128, workers, max_batches=40)
-        ratios = {n: doc["loader_img_s"] / m["train_img_s"] for n, m in doc["models"].items()}
-        doc["loader"] = {"num_workers": workers, "batch_size": 128, "vs_train_img_s": ratios}
-        print(f"loader {doc['loader_img_s']:.0f} img/s with {workers} workers", flush=True)
+        # accuracy first: it does not need a quiet machine, and its result decides the bf16 default
+        if guard_run:
+            guard = accuracy_guard(Path(guard_run), Path(guard_cubes or cubes), guard_n)
+            v = guard["variants"]["bf16_body"]
+            guard.update({k: v[k] for k in ("sigma_mad_rel_change", "bias_change", "crps_rel_change",
+                                            "max_abs_dz_mean", "median_abs_dz_mean", "pit_ks_change")})
+            guard["passed"] = bool(abs(v["sigma_mad_rel_change"]) <= 0.01 and abs(v["bias_change"]) <= 1e-4
+                                   and abs(v["crps_rel_change"]) <= 0.01)
+            doc["bf16_vs_fp32"] = guard
+            write_json(out_path, doc)
+        roofs = {"float32": matmul_roof(device, "float32", min_time / 2)}
+        roofs["bfloat16"] = matmul_roof(device, "bfloat16", min_time / 2)
+        doc["matmul"] = roofs
+        print(f"matmul roof fp32 {roofs['float32']['gflops']:.0f}, bf16 {roofs['bfloat16']['gflops']:.0f} GFLOP/s",
+              flush=True)
+        module = build(MODEL, device).eval()
+        flops = forward_flops(module.model, device)
+        doc["forward_gflops_per_image"] = flops / 1e9
+        batches = {b: batch_of(b, device) for b in (32, 64, 128, read_batch)}
+        # baseline and its per-batch behaviour: fp32 channels-last eager, the whole batch in one pass
+        infer = {b: infer_rate([module], batches[b], None, device, min_time) for b in (32, 64, 128)}
+        doc["baseline_infer_img_s"] = {32: infer[32], 64: infer[64]}
+        doc["fp32_eager_infer_img_s_by_batch"] = infer
+        print(f"baseline inference {infer}", flush=True)
+        # the bf16 body and plain autocast, whatever the default, for the record
+        body = copy.deepcopy(module)
+        cast_body(body.model)
+        doc["bf16_body_infer_img_s"] = {b: infer_rate([body], batches[b], None, device, min_time) for b in (32, 64)}
+        doc["autocast_infer_img_s"] = {b: autocast_rate(module, batches[b], device, min_time) for b in (32, 64)}
+        print(f"bf16 body {doc['bf16_body_infer_img_s']}, autocast {doc['autocast_infer_img_s']}", flush=True)
+        # the default: zpix predict's precision, its read batch run on slices of `chunk`
+        default_members = [body if precision == "bf16" else module]
+        default_rate = infer_rate(default_members, batches[read_batch], chunk, device, min_time)
+        base_infer = max(doc["baseline_infer_img_s"].values())
+        roof_of = {"32": roofs["float32"]["gflops"], "bf16": roofs["bfloat16"]["gflops"]}
+        doc["default_infer"] = {"precision": precision, "read_batch": read_batch, "chunk": chunk,
+                                "img_s": default_rate, "roof_ratio": default_rate * flops / 1e9 / roof_of[precision]}
+        doc["best_infer_ratio"] = default_rate / base_infer
+        doc["baseline_infer_roof_ratio"] = base_infer * flops / 1e9 / roof_of["32"]
+        print(f"default inference {default_rate:.1f} img/s = {doc['best_infer_ratio']:.2f}x baseline", flush=True)
         write_json(out_path, doc)
-        # zpix predict end to end, against pure inference at its batch size
-        name = "pasquet2019" if "pasquet2019" in doc["models"] else next(iter(doc["models"]))
-        run_dir = make_run(name, scratch / f"run_{name}")
-        pcubes = random_cubes(scratch / "predict.h5", predict_n)
-        # like with like: zpix predict loads models channels-last; its CPU default batch is 64
-        batch = 64 if device == "cpu" else 256
-        pure = measure_model(name, device, "channels_last", [batch], roof["gflops"], min_time,
-                             train=False)["infer_img_s"]
-        e2e = predict_rate(run_dir, pcubes, scratch / "pred", batch, device)
-        doc["predict_end_to_end_ratio"] = e2e / pure
-        doc["predict"] = {"model": name, "n": predict_n, "batch_size": batch, "layout": "channels_last",
-                          "img_s": e2e, "pure_infer_img_s": pure}
-        print(f"predict {e2e:.1f} img/s end to end = {e2e / pure:.0%} of pure inference ({pure:.1f})", flush=True)
+        # the compiled fp32 path
+        if not no_compile:
+            try:
+                comp = compiled_rate(module, batches[read_batch], chunk, device, min_time)
+            except Exception as err:  # noqa: BLE001 - e.g. no C++ compiler: say so, go on
+                doc["fp32_compiled"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+            else:
+                comp["roof_ratio"] = comp["img_s"] * flops / 1e9 / roof_of["32"]
+                doc["fp32_compiled"] = comp
+                doc["fp32_infer_ratio"] = comp["img_s"] / base_infer
+                print(f"compiled fp32 {comp['img_s']:.1f} img/s = {doc['fp32_infer_ratio']:.2f}x "
+                      f"(compile {comp['compile_seconds']:.0f} s)", flush=True)
+            write_json(out_path, doc)
+        # training: baseline at 32 and 64, the preset's default at its batch
+        train32 = {b: train_rate(module, batches[b], device, min_time, "32-true") for b in (32, 64)}
+        doc["baseline_train_img_s"] = train32
+        tb = preset.batch_size
+        tbatch = batches.get(tb) or batch_of(tb, device)
+        default_train = (train32[tb] if tb in train32 and train_precision == "32-true"
+                         else train_rate(build(MODEL, device), tbatch, device, min_time, train_precision))
+        base_train = max(train32.values())
+        troof = roofs["bfloat16" if train_precision.startswith("bf16") else "float32"]["gflops"]
+        doc["default_train"] = {"precision": train_precision, "batch": tb, "img_s": default_train,
+                                "roof_ratio": default_train * 3 * flops / 1e9 / troof}
+        doc["best_train_ratio"] = default_train / base_train
+        doc["baseline_train_roof_ratio"] = base_train * 3 * flops / 1e9 / roofs["float32"]["gflops"]
+        if train_precision == "32-true":
+            doc["bf16_mixed_train_img_s"] = {64: train_rate(build(MODEL, device), batches[64], device, min_time,
+                                                            "bf16-mixed")}
+        print(f"training baseline {train32}, default {default_train:.1f} img/s = {doc['best_train_ratio']:.2f}x",
+              flush=True)
         write_json(out_path, doc)
-        # peak memory of zpix predict against N
-        if rss_sizes:
-            rss_run = make_run(rss_model, scratch / f"run_{rss_model}")
-            doc["predict_peak_rss_mb"], doc["predict_rss"] = {}, {"model": rss_model, "batch_size": 256, "runs": {}}
-            for n in [int(s) for s in rss_sizes.split(",") if s]:
-                c = random_cubes(scratch / f"rss_{n}.h5", n)
-                r = predict_peak_rss_mb(rss_run, c, scratch / f"pred_{n}", 256, device)
-                doc["predict_peak_rss_mb"][n] = r["peak_rss_mb"]
-                doc["predict_rss"]["runs"][n] = r
-                print(f"zpix predict on {n} objects: peak RSS {r['peak_rss_mb']:.0f} MB ({r['seconds']:.0f} s)",
-                      flush=True)
-                c.unlink()
-                shutil.rmtree(scratch / f"pred_{n}", ignore_errors=True)
-                write_json(out_path, doc)
+        # end to end: zpix predict on >= 10,000 objects, against the pure default inference just measured
+        run_dir = make_run(MODEL, scratch / "run")
+        rows = np.arange(predict_n)
+        e2e = predict_end_to_end(run_dir, cubes_path, rows, scratch / "pred", device)
+        pure = infer_rate(default_members, batches[read_batch], chunk, device, min_time)
+        e2e.update({"pure_infer_img_s": pure, "precision": precision, "read_batch": read_batch, "chunk": chunk})
+        doc["predict"] = e2e
+        doc["predict_end_to_end_ratio"] = e2e["img_s"] / pure
+        print(f"predict end to end {e2e['img_s']:.1f} img/s = {doc['predict_end_to_end_ratio']:.2f} of pure "
+              f"{pure:.1f}", flush=True)
+        write_json(out_path, doc)
+        steps = tuple(int(s) for s in train_steps.split(","))
+        te2e = train_end_to_end(cubes_path, scratch / "train", steps, n_train=max(steps) * preset.batch_size)
+        te2e["pure_step_img_s"] = default_train
+        doc["train"] = te2e
+        doc["train_end_to_end_ratio"] = te2e["img_s"] / default_train
+        print(f"train end to end {te2e['img_s']:.1f} img/s = {doc['train_end_to_end_ratio']:.2f} of the pure step",
+              flush=True)
+        doc["speed_seconds"] = time.perf_counter() - t_start
+        write_json(out_path, doc)
+        if seed_study_from:
+            earlier = json.loads(Path(seed_study_from).read_text())
+            doc["bf16_training"] = {**earlier["bf16_training"], "date_utc": earlier["date_utc"],
+                                    "commit": earlier["commit"], "loadavg_at_start": earlier.get("loadavg_at_start")}
+        elif seeds:
+            t0 = time.perf_counter()
+            study = seed_study(cubes_path, scratch / "seeds", seeds, seed_train, 2000, seed_epochs)
+            study["seconds"] = time.perf_counter() - t0
+            doc["bf16_training"] = study
         doc["status"] = "complete"
+        doc["total_seconds"] = time.perf_counter() - t_start
         write_json(out_path, doc)
         print(f"wrote {out_path}")
     finally:

@@ -206,3 +206,21 @@ def test_bf16_defaults_agree_with_the_measured_guard():
     training = doc.get("bf16_training")
     if training and "passed" in training:
         assert hardware.BF16_TRAINING_GUARD_PASSED == training["passed"]
+
+
+def test_sliced_training_step_gives_the_whole_batch_gradient(tmp_path, monkeypatch):
+    """On CPUs a step runs in slices of train_chunk images; one Adam step must land where one pass does."""
+    from zpix.training import module as module_mod
+
+    cubes = write_toy_cubes(tmp_path / "toy.h5", n=140, size=16)
+    weights = {}
+    for chunk in (None, 40):  # 96 = 40 + 40 + 16
+        monkeypatch.setattr(module_mod, "train_chunk", lambda device, c=chunk: c)
+        result = zpix.train(TrainConfig(cubes=str(cubes), out=str(tmp_path / f"run_{chunk}"),
+                                        model="pasquet2019-small", model_args=TINY, n_bins=40, max_epochs=1,
+                                        max_steps=1, batch_size=96, num_workers=0, progress=False,
+                                        accelerator="cpu", devices=1, calibrate=[], precision="32-true",
+                                        lr_schedule="none", lr=1e-2, test_fraction=0.1, val_fraction=0.1))
+        weights[chunk] = torch.load(result.checkpoints[0], map_location="cpu", weights_only=False)["state_dict"]
+    for key, value in weights[None].items():
+        torch.testing.assert_close(weights[40][key], value, rtol=1e-4, atol=1e-6)

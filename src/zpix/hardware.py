@@ -158,6 +158,12 @@ def inference_chunk(device: str | torch.device = "cpu") -> int | None:
     return 32 if torch.device(device).type == "cpu" else None
 
 
+def train_chunk(device: str | torch.device = "cpu") -> int | None:
+    """Images per forward/backward pass of a CPU training step (PhotoZModule.training_step sums the
+    gradients of the slices): 64 on CPUs, None (the whole batch) on GPUs."""
+    return 64 if torch.device(device).type == "cpu" else None
+
+
 def predict_batch(device: str | torch.device = "cpu", memory_bytes: int | None = None) -> int:
     """Images read and written per step of ``zpix predict``.
 
@@ -183,4 +189,5 @@ def describe() -> dict[str, Any]:
             "cuda": torch.cuda.is_available(),
             "inference_precision_cpu": inference_precision("auto", "cpu"),
             "training_precision": training_precision("auto"), "loader_workers": loader_workers(),
-            "predict_batch_cpu": predict_batch("cpu"), "inference_chunk_cpu": inference_chunk("cpu")}
+            "predict_batch_cpu": predict_batch("cpu"), "inference_chunk_cpu": inference_chunk("cpu"),
+            "train_chunk_cpu": train_chunk("cpu")}

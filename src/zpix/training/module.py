@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from zpix.evaluation.metrics import delta_z, outlier_fraction, sigma_mad
+from zpix.hardware import train_chunk
 from zpix.models import create_model
 from zpix.pdf import RedshiftGrid
 from zpix.precision import autocast_dtype, keep_ends_fp32
@@ -131,11 +132,49 @@ class PhotoZModule(L.LightningModule):
         # Huber values scale with delta; dividing keeps the two terms commensurate for any delta
         return huber / self.hparams.huber_delta + nll.mean()
 
+    def _train_chunk(self, n: int) -> int:
+        """Images per forward/backward pass of a training step (zpix.hardware.train_chunk), or ``n``."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size != 1 or trainer.accumulate_grad_batches != 1:
+            return n  # DDP would all-reduce once per pass; keep one pass per step there
+        if autocast_dtype(str(trainer.precision)) == torch.float16:
+            return n  # a gradient scaler expects one backward per step
+        return min(n, train_chunk(self.device) or n)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(self.raw_output(batch, train=True), batch["z"])
+        """The mean loss over the batch.  On CPUs the batch runs in slices of ``train_chunk`` images whose
+        gradients add up in ``.grad``: the mean loss is Σ_i (n_i/N) L_i, so the gradient is the whole
+        batch's (the networks have no batch normalisation), at the per-image speed of a small batch.
+        The augmentation is drawn once for the whole batch, as without slices."""
+        n = len(batch["z"])
+        chunk = self._train_chunk(n)
+        if chunk >= n:
+            loss = self.loss(self.raw_output(batch, train=True), batch["z"])
+        else:
+            # Lightning zeroes the gradients between training_step and its backward: zero them here
+            # instead, and skip that call once (optimizer_zero_grad below)
+            self.optimizers().zero_grad(set_to_none=True)
+            self._grads_in_step = True
+            images, ebv, mags = self._inputs(batch, train=True)
+            done = torch.zeros((), device=batch["z"].device)
+            for start in range(0, n, chunk):
+                part = slice(start, start + chunk)
+                inputs = [None if t is None else t[part] for t in (images, ebv, mags)]
+                out = self.model(*inputs) if self._compiled is None else self._compiled(*inputs)
+                loss = self.loss(out, batch["z"][part]) * (len(batch["z"][part]) / n)
+                if start + chunk < n:
+                    loss.backward()  # Lightning runs the backward of the last slice, returned below
+                    done = done + loss.detach()
+            loss = loss + done  # the whole batch's loss; its gradient is the last slice's
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=len(batch["z"]))
         return loss
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if getattr(self, "_grads_in_step", False):  # training_step zeroed them and holds its slices' gradients
+            self._grads_in_step = False
+            return
+        super().optimizer_zero_grad(epoch, batch_idx, optimizer)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         out = self.raw_output(batch)
