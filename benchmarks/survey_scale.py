@@ -69,6 +69,9 @@ def make_shards(cubes: Path, out: Path, n_shards: int, n_per_shard: int, stamp_p
     paths = []
     for k in range(n_shards):
         path = out / f"shard_{k:02d}.h5"
+        paths.append(path)
+        if path.is_file():  # made by an earlier part of this benchmark (--work)
+            continue
         src = (np.arange(n_per_shard) + k * n_per_shard) % n
         with CubeWriter(path, bands=bands, image_shape=(stamp_px, stamp_px), pixel_scale_arcsec=scale,
                         survey="sdss-mock-crops") as wr:
@@ -76,13 +79,15 @@ def make_shards(cubes: Path, out: Path, n_shards: int, n_per_shard: int, stamp_p
                 r = src[s:s + 5000]
                 wr.append(crops[r], z[r], ebv[r], k * 10_000_000 + np.arange(s, s + r.size),
                           catalog={"src_row": r.astype(np.int64)})
-        paths.append(path)
     return paths
 
 
 def train_tiny(shard: Path, out: Path, steps: int) -> Path:
     import zpix.training.api as api
     from zpix.training.config import TrainConfig
+
+    if (out / "member_0" / "best.ckpt").is_file():
+        return out
 
     cfg = TrainConfig(cubes=str(shard), out=str(out), model="pasquet2019-small", max_steps=steps, max_epochs=1,
                       batch_size=64, num_workers=0, progress=False, accelerator="cpu", devices=1, max_train=2000,
@@ -128,7 +133,11 @@ def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads:
         client.close()
         cluster.close()
     wall = time.perf_counter() - t1
-    out_doc = {"n_workers": n_workers, "threads_per_worker": threads, "n_objects": res.n_objects,
+    import pandas as pd
+
+    ids = pd.read_parquet(out / "catalog.parquet", columns=["id"])["id"]
+    out_doc = {"output_rows": len(ids), "output_ids_unique": bool(ids.is_unique),
+               "n_workers": n_workers, "threads_per_worker": threads, "n_objects": res.n_objects,
                "n_partitions": res.n_partitions, "partitions_computed": len(res.computed), "wall_s": wall,
                "images_per_s": res.n_objects / wall, "cluster_startup_s": startup,
                "peak_rss_mb_per_worker": _peak_rss(res.entries), "loadavg_before": la0, "loadavg_after": loadavg()}
@@ -185,7 +194,27 @@ def pdf_format_table(pdf_run: Path, cubes: Path, work: Path) -> dict[str, Any]:
         encode(pred.pdfs, pred.grid, spec).write_to(str(path))
         table[spec]["file_bytes_per_object"] = path.stat().st_size / len(z)
     return {"run": str(pdf_run), "n_objects": int(np.isfinite(z).sum()), "split": "test", "predict_s": predict_s,
-            "reference": "hist32", "formats": table}
+            "reference": "hist32", "reference_errors": reference_errors(pred.pdfs, pred.grid, z),
+            "formats": table}
+
+
+def reference_errors(pdfs: np.ndarray, grid: Any, z: np.ndarray, n_boot: int = 200) -> dict[str, float]:
+    """Bootstrap standard deviations of the hist32 metrics on this sample: the scale a format's change is
+    compared with (a change far below it cannot show in any result)."""
+    from zpix.evaluation.metrics import crps, delta_z, pit, pit_ks, sigma_mad
+    from zpix.pdf import pdf_mean
+
+    keep = np.isfinite(z)
+    p, z = pdfs[keep], z[keep]
+    c, u, dz = crps(p, grid, z), pit(p, grid, z), delta_z(pdf_mean(p, grid), z)
+    rng = np.random.default_rng(0)
+    boot: dict[str, list[float]] = {"crps": [], "pit_ks": [], "sigma_mad": []}
+    for _ in range(n_boot):
+        i = rng.integers(0, z.size, z.size)
+        boot["crps"].append(float(np.mean(c[i])))
+        boot["pit_ks"].append(pit_ks(u[i])["statistic"])
+        boot["sigma_mad"].append(sigma_mad(dz[i]))
+    return {f"{k}_bootstrap_std": float(np.std(v)) for k, v in boot.items()}
 
 
 @click.command()
@@ -200,16 +229,24 @@ def pdf_format_table(pdf_run: Path, cubes: Path, work: Path) -> dict[str, Any]:
 @click.option("--train-steps", default=20, show_default=True)
 @click.option("--kill-after", default=4, show_default=True, help="Partitions finished before a kill.")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch directory (default: a temp).")
-@click.option("--parts", default="workers,killed,crash,formats", show_default=True)
+@click.option("--parts", default="workers,formats,killed,crash,threads", show_default=True,
+              help="Parts to run, in this order; with --merge, added to an existing JSON of the same commit.")
+@click.option("--merge", is_flag=True, help="Keep the parts already in --out (same commit and data sizes).")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "survey_scale.json", show_default=True)
 @click.option("--render-docs", is_flag=True, help="Only rewrite the tables of docs/survey_scale.md from --out.")
 def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: int, block_rows: int,
-         train_steps: int, kill_after: int, work: Path | None, parts: str, out: Path, render_docs: bool) -> None:
+         train_steps: int, kill_after: int, work: Path | None, parts: str, merge: bool, out: Path,
+         render_docs: bool) -> None:
     if render_docs:
         render(json.loads(out.read_text()))
         return
     todo = set(parts.split(","))
     doc: dict[str, Any] = {**stamp(), "status": "running"}
+    if merge and out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("commit") != doc["commit"] or old.get("data", {}).get("n_per_shard") != n_per_shard:
+            raise click.ClickException(f"{out} is from another commit or data size; run without --merge")
+        doc = {**old, "status": "running", "loadavg_at_merge": loadavg()}
     own_work = work is None
     work = Path(tempfile.mkdtemp(prefix="zpix-survey-")) if own_work else work
     work.mkdir(parents=True, exist_ok=True)
@@ -226,16 +263,16 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
         doc["block_rows"] = block_rows
         if "workers" in todo:
             doc["workers"] = {}
-            for n, threads in ((1, 1), (2, 1)):
-                doc["workers"][str(n)] = run_local(run, shards, work / f"pred_{n}w", n, threads, block_rows)
+            for n in (1, 2):
+                doc["workers"][str(n)] = run_local(run, shards, work / f"pred_{n}w", n, 1, block_rows)
                 shutil.rmtree(work / f"pred_{n}w", ignore_errors=True)
                 write_json(out, doc)
-            doc["workers_default_threads"] = {"1": run_local(run, shards, work / "pred_1w2t", 1, 2, block_rows)}
-            shutil.rmtree(work / "pred_1w2t", ignore_errors=True)
             w = doc["workers"]
             doc["speedup_2_vs_1_workers"] = w["2"]["images_per_s"] / w["1"]["images_per_s"]
-            doc["speedup_2x1_vs_1x2_threads"] = (w["2"]["images_per_s"]
-                                                 / doc["workers_default_threads"]["1"]["images_per_s"])
+            write_json(out, doc)
+        if "formats" in todo:
+            doc["pdf_formats_source"] = pdf_format_table(pdf_run, cubes, work)
+            doc["pdf_formats"] = doc["pdf_formats_source"].pop("formats")
             write_json(out, doc)
         if "killed" in todo:
             k = run_local(run, shards, work / "pred_killed", 2, 1, block_rows, kill_after=kill_after)
@@ -251,11 +288,16 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
                                                  block_rows, kill_after * 2, n_parts)
             shutil.rmtree(work / "pred_crash", ignore_errors=True)
             write_json(out, doc)
-        if "formats" in todo:
-            doc["pdf_formats_source"] = pdf_format_table(pdf_run, cubes, work)
-            doc["pdf_formats"] = doc["pdf_formats_source"].pop("formats")
+        if "threads" in todo:
+            doc["workers_default_threads"] = {"1": run_local(run, shards, work / "pred_1w2t", 1, 2, block_rows)}
+            shutil.rmtree(work / "pred_1w2t", ignore_errors=True)
+            if "workers" in doc:
+                doc["speedup_2x1_vs_1x2_threads"] = (doc["workers"]["2"]["images_per_s"]
+                                                     / doc["workers_default_threads"]["1"]["images_per_s"])
         doc["loadavg_at_end"] = loadavg()
-        doc["status"] = "complete"
+        present = {"workers": "workers", "formats": "pdf_formats", "killed": "worker_killed", "crash": "crash_rerun",
+                   "threads": "workers_default_threads"}
+        doc["status"] = "complete" if all(key in doc for key in present.values()) else "partial"
         write_json(out, doc)
         click.echo(json.dumps({k: doc.get(k) for k in ("speedup_2_vs_1_workers", "worker_killed", "crash_rerun")},
                               default=str, indent=1))
@@ -288,14 +330,17 @@ def render(doc: dict[str, Any]) -> None:
         lines.append(f"| {name} | {v['images_per_s']:.0f} | {v['wall_s']:.1f} | {rss} | "
                      f"{v['loadavg_before'][0]} → {v['loadavg_after'][0]} |")
     if "speedup_2_vs_1_workers" in doc:
-        lines += ["", f"2 workers / 1 worker (1 thread each): **{doc['speedup_2_vs_1_workers']:.2f}×**; "
-                  f"2 workers × 1 thread / 1 worker × 2 threads: {doc['speedup_2x1_vs_1x2_threads']:.2f}×."]
+        lines += ["", f"2 workers / 1 worker (1 thread each): **{doc['speedup_2_vs_1_workers']:.2f}×**."]
+    if "speedup_2x1_vs_1x2_threads" in doc:
+        lines += ["", f"2 workers × 1 thread / 1 worker × 2 threads: {doc['speedup_2x1_vs_1x2_threads']:.2f}× "
+                  "(the second run's load average may differ: compare the load columns)."]
     k = doc.get("worker_killed")
     if k:
         lost = "n/a" if k["time_lost_s"] is None else f"{k['time_lost_s']:.1f} s"
         lines += ["", f"Worker killed (SIGKILL) after {k['killed']['after_partitions']} of {k['n_partitions']} "
                   f"partitions: wall {k['wall_s']:.1f} s against {k['clean_wall_s']:.1f} s clean, time lost {lost}; "
-                  f"{k['partitions_computed']} partitions computed, every one once in the output."]
+                  f"{k['partitions_computed']} partitions computed; the output has {k['output_rows']:,} rows, "
+                  f"ids unique: {k['output_ids_unique']}."]
     c = doc.get("crash_rerun")
     if c:
         lines += ["", f"Whole command killed after {c['partitions_finished_before_rerun']} of {c['n_partitions']} "
@@ -304,15 +349,18 @@ def render(doc: dict[str, Any]) -> None:
     f = doc.get("pdf_formats")
     if f:
         src = doc["pdf_formats_source"]
+        err = src["reference_errors"]
         lines += ["", f"PDF formats on {src['n_objects']:,} test galaxies of `{Path(src['run']).name}` "
-                  "(stored, read back onto the 180-bin grid, scored against hist32):", "",
+                  "(stored, read back onto the 180-bin grid, scored against hist32; the bootstrap standard "
+                  f"deviations of the hist32 values on this sample are CRPS {err['crps_bootstrap_std']:.1e}, "
+                  f"PIT KS {err['pit_ks_bootstrap_std']:.1e}, σ_MAD {err['sigma_mad_bootstrap_std']:.1e}):", "",
                   "| format | qp | bytes/object | file B/object | ΔCRPS | ΔPIT KS | Δσ_MAD | Δwidth68 (mean) "
                   "| median \\|Δwidth68\\|/width |", "|---|---|---|---|---|---|---|---|---|"]
         for name, v in f.items():
             lines.append(f"| {name} | {v['qp_representation']} | {v['bytes_per_object']} | "
-                         f"{v['file_bytes_per_object']:.0f} | {v['crps_change']:+.2e} | {v['pit_ks_change']:+.4f} | "
-                         f"{v['sigma_mad_change']:+.2e} | {v['width68_change']:+.2e} | "
-                         f"{v['width68_rel_change_median']:.4f} |")
+                         f"{v['file_bytes_per_object']:.0f} | {v['crps_change']:+.1e} | {v['pit_ks_change']:+.1e} | "
+                         f"{v['sigma_mad_change']:+.1e} | {v['width68_change']:+.1e} | "
+                         f"{100 * v['width68_rel_change_median']:.3f}% |")
         lines += ["", f"Storage for {N_SURVEY:.0e} galaxies (PDFs only): "
                   + ", ".join(f"{name} {v['bytes_per_object'] * N_SURVEY / 1e12:.2f} TB" for name, v in f.items())
                   + "."]

@@ -65,7 +65,7 @@ def test_partitioned_output_equals_single_process_and_reads_everywhere(setup):
     root, run, shards, client = setup
     out = root / "pred"
     res = predict_distributed(run, str(root / "shards" / "*.h5"), out, client=client, block_rows=40, threads=1,
-                              hats=True)
+                              hats=True, pdf_format="hist32")
     assert res.n_partitions == 5 and res.n_objects == 160 and len(res.computed) == 5
     pred = read_predictions(out)
     singles = [read_predictions(predict(run, s, root / f"single{i}", progress=False, num_workers=0, split="all"))

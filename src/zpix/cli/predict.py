@@ -35,7 +35,8 @@ from zpix.store.cube_store import ON_BAD_DEFAULT
                    "last finished chunk.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 @click.option("--pdf-format", default=None, metavar="FORMAT",
-              help="PDF storage: hist32 (default), hist16, hist64, packed8 or quantiles:K (docs/survey_scale.md).")
+              help="PDF storage: hist32, hist16, hist64, packed8 or quantiles:K (default: hist32, with --dask "
+              "hist16; docs/survey_scale.md).")
 @click.option("--dask", "dask_cluster", default=None, metavar="local:N|tcp://HOST:PORT",
               help="Predict on a Dask cluster: N local worker processes, or a running scheduler. CUBES may then be "
                    "several files or quoted glob patterns ('shards/*.h5'); the output is a partitioned directory.")

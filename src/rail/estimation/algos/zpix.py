@@ -40,7 +40,7 @@ __all__ = [
     "ZpixMagNetEstimator",
 ]
 
-_PDF_FORMAT = Param(str, "hist32", msg="qp representation of the output PDFs: hist32, hist16, hist64, packed8 "
+_PDF_FORMAT = Param(str, "hist16", msg="qp representation of the output PDFs: hist32, hist16, hist64, packed8 "
                                        "or quantiles:K (see zpix.prediction.pdf_formats)")
 
 
