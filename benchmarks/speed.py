@@ -146,8 +146,10 @@ def autocast_rate(module: Any, batch: dict, device: str, min_time: float) -> flo
     return len(batch["ebv"]) / timed(run, device, min_time)
 
 
-def train_rate(module: Any, batch: dict, device: str, min_time: float, precision: str) -> float:
-    """Images/s of one optimiser step as PhotoZModule trains (augmentation, loss, backward, Adam);
+def train_rate(module: Any, batch: dict, device: str, min_time: float, precision: str,
+               chunk: int | None = None) -> float:
+    """Images/s of one optimiser step as PhotoZModule.training_step runs it (augmentation drawn for the
+    batch, the forward/backward in slices of ``chunk`` images with their gradients summed, Adam);
     ``precision`` "bf16-mixed" runs it under autocast with the first convolution and head in fp32."""
     import torch
 
@@ -157,17 +159,21 @@ def train_rate(module: Any, batch: dict, device: str, min_time: float, precision
     if precision == "bf16-mixed":
         keep_ends_fp32(module.model)
     opt = torch.optim.Adam(module.parameters(), lr=1e-4)
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                              enabled=precision == "bf16-mixed")
+    kind = torch.device(device).type
+    n = len(batch["ebv"])
+    step_size = chunk or n
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = module.loss(module.raw_output(batch, train=True), batch["z"])
-        loss.backward()
+        images, ebv, _ = module._inputs(batch, train=True)
+        for start in range(0, n, step_size):
+            part = slice(start, start + step_size)
+            with torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+                loss = module.loss(module.model(images[part], ebv[part]), batch["z"][part])
+            (loss * (len(batch["z"][part]) / n)).backward()
         opt.step()
 
-    rate = len(batch["ebv"]) / timed(step, device, min_time)
+    rate = n / timed(step, device, min_time)
     module.eval()
     return rate
 
@@ -177,7 +183,7 @@ def compiled_rate(module: Any, batch: dict, chunk: int, device: str, min_time: f
     from zpix.prediction.streaming import compile_members
 
     t0 = time.perf_counter()
-    members = compile_members([module], chunk)
+    members = compile_members([copy.deepcopy(module)], chunk)
     rate = infer_rate(members, {k: v[:chunk] for k, v in batch.items()}, chunk, device, 0.0)  # compiles
     seconds = time.perf_counter() - t0
     return {"img_s": infer_rate(members, batch, chunk, device, min_time), "compile_seconds": seconds,
@@ -208,7 +214,7 @@ def predict_end_to_end(run_dir: Path, cubes: Path, rows: np.ndarray, out: Path, 
     return {"n": len(rows), "seconds": seconds, "img_s": len(rows) / seconds}
 
 
-def train_end_to_end(cubes: Path, out: Path, steps: tuple[int, int], n_train: int) -> dict[str, Any]:
+def train_end_to_end(cubes: Path, out: Path, steps: tuple[int, int], n_train: int, model: str) -> dict[str, Any]:
     """zpix.train with the pasquet2019 preset (its batch, precision, workers, channels-last), run for two
     numbers of steps on the same split: the difference cancels start-up, validation and checkpointing."""
     from dataclasses import replace
@@ -218,7 +224,8 @@ def train_end_to_end(cubes: Path, out: Path, steps: tuple[int, int], n_train: in
     from zpix.training.config import TrainConfig
 
     cfg = TrainConfig.from_yaml("pasquet2019")
-    cfg = replace(cfg, cubes=str(cubes), ensemble=1, max_epochs=1, progress=False, calibrate=[], patience=1)
+    cfg = replace(cfg, cubes=str(cubes), model=model, ensemble=1, max_epochs=1, progress=False, calibrate=[],
+                  patience=1)
     rng = np.random.default_rng(0)
     rows = rng.permutation(np.arange(n_train + 256))
     split = Split(train=np.sort(rows[:n_train]), val=np.sort(rows[n_train:n_train + 128]),
@@ -365,6 +372,8 @@ def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, ep
 @click.option("--guard-cubes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The guard run's cube store (default --cubes).")
 @click.option("--guard-n", type=int, default=None, help="Test rows of the guard (default: all of the run's).")
+@click.option("--model", "model_name", default=MODEL, show_default=True,
+              help="Network of the speed measurements (the training end to end uses the pasquet2019 preset with it).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
 @click.option("--min-time", default=3.0, show_default=True, help="Seconds of timing per measurement.")
@@ -380,7 +389,8 @@ def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, ep
 @click.option("--no-compile", is_flag=True, help="Skip the compiled fp32 path (no C++ compiler).")
 @click.option("--tmp", type=click.Path(file_okay=False), default=None, help="Scratch folder (default: a temp dir).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results file (default by device).")
-def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: int | None, device: str,
+def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: int | None, model_name: str,
+         device: str,
          threads: int | None, min_time: float, predict_n: int, train_steps: str, seeds: int, seed_train: int,
          seed_epochs: int, seed_study_only: bool, seed_study_from: str | None, no_compile: bool, tmp: str | None,
          out: str | None) -> None:
@@ -403,7 +413,7 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
     train_precision = hardware.training_precision(preset.precision, "gpu" if gpu else "cpu")
     chunk = hardware.inference_chunk(device) or hardware.predict_batch(device)
     read_batch = hardware.predict_batch(device)
-    doc: dict[str, Any] = {**stamp(), "model": MODEL, "device": torch.cuda.get_device_name(0) if gpu else device,
+    doc: dict[str, Any] = {**stamp(), "model": model_name, "device": torch.cuda.get_device_name(0) if gpu else device,
                            "torch_threads": torch.get_num_threads(), "hardware": hardware.describe(),
                            "defaults": {"inference_precision": precision, "training_precision": train_precision,
                                         "predict_batch": read_batch, "inference_chunk": chunk,
@@ -432,7 +442,7 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
         doc["matmul"] = roofs
         print(f"matmul roof fp32 {roofs['float32']['gflops']:.0f}, bf16 {roofs['bfloat16']['gflops']:.0f} GFLOP/s",
               flush=True)
-        module = build(MODEL, device).eval()
+        module = build(model_name, device).eval()
         flops = forward_flops(module.model, device)
         doc["forward_gflops_per_image"] = flops / 1e9
         batches = {b: batch_of(b, device) for b in (32, 64, 128, read_batch)}
@@ -474,24 +484,26 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
         # training: baseline at 32 and 64, the preset's default at its batch
         train32 = {b: train_rate(module, batches[b], device, min_time, "32-true") for b in (32, 64)}
         doc["baseline_train_img_s"] = train32
+        doc["fp32_eager_train_img_s_by_batch"] = {**train32, 128: train_rate(module, batches[128], device, min_time,
+                                                                              "32-true")}
         tb = preset.batch_size
         tbatch = batches.get(tb) or batch_of(tb, device)
-        default_train = (train32[tb] if tb in train32 and train_precision == "32-true"
-                         else train_rate(build(MODEL, device), tbatch, device, min_time, train_precision))
+        tchunk = hardware.train_chunk(device)
+        default_train = train_rate(build(model_name, device), tbatch, device, min_time, train_precision, tchunk)
         base_train = max(train32.values())
         troof = roofs["bfloat16" if train_precision.startswith("bf16") else "float32"]["gflops"]
-        doc["default_train"] = {"precision": train_precision, "batch": tb, "img_s": default_train,
+        doc["default_train"] = {"precision": train_precision, "batch": tb, "chunk": tchunk, "img_s": default_train,
                                 "roof_ratio": default_train * 3 * flops / 1e9 / troof}
         doc["best_train_ratio"] = default_train / base_train
         doc["baseline_train_roof_ratio"] = base_train * 3 * flops / 1e9 / roofs["float32"]["gflops"]
         if train_precision == "32-true":
-            doc["bf16_mixed_train_img_s"] = {64: train_rate(build(MODEL, device), batches[64], device, min_time,
+            doc["bf16_mixed_train_img_s"] = {64: train_rate(build(model_name, device), batches[64], device, min_time,
                                                             "bf16-mixed")}
         print(f"training baseline {train32}, default {default_train:.1f} img/s = {doc['best_train_ratio']:.2f}x",
               flush=True)
         write_json(out_path, doc)
         # end to end: zpix predict on >= 10,000 objects, against the pure default inference just measured
-        run_dir = make_run(MODEL, scratch / "run")
+        run_dir = make_run(model_name, scratch / "run")
         rows = np.arange(predict_n)
         e2e = predict_end_to_end(run_dir, cubes_path, rows, scratch / "pred", device)
         pure = infer_rate(default_members, batches[read_batch], chunk, device, min_time)
@@ -502,7 +514,7 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
               f"{pure:.1f}", flush=True)
         write_json(out_path, doc)
         steps = tuple(int(s) for s in train_steps.split(","))
-        te2e = train_end_to_end(cubes_path, scratch / "train", steps, n_train=max(steps) * preset.batch_size)
+        te2e = train_end_to_end(cubes_path, scratch / "train", steps, max(steps) * preset.batch_size, model_name)
         te2e["pure_step_img_s"] = default_train
         doc["train"] = te2e
         doc["train_end_to_end_ratio"] = te2e["img_s"] / default_train

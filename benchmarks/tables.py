@@ -92,37 +92,85 @@ def speed_table(name: str) -> list[str]:
     doc = _load(name)
     if doc is None:
         return [f"*No results yet ({name}).*"]
-    out = [_head(doc), "", f"Device {doc['device']}, {doc.get('torch_threads')} threads, {doc.get('precision')}; "
-           f"dense matmul roof **{doc['matmul_gflops']:.1f} GFLOP/s**.", "",
-           "| model | GFLOP/img (fwd) | infer img/s | infer / roof | train img/s | train / roof | best layouts |",
-           "|---|---|---|---|---|---|---|"]
-    for model, m in doc.get("models", {}).items():
-        out.append(f"| {model} | {m['forward_gflops_per_image']:.3f} | {m['infer_img_s']:.1f} (b{m['infer_batch']}) | "
-                   f"{m['infer_roof_ratio']:.0%} | {m['train_img_s']:.1f} (b{m['train_batch']}) | "
-                   f"{m['train_roof_ratio']:.0%} | {m['infer_variant']} / {m['train_variant']} |")
-    variants = doc.get("variants", {})
-    if variants:
-        out += ["", "| model | layout | infer img/s | train img/s |", "|---|---|---|---|"]
-        for model, vs in variants.items():
-            for v, r in vs.items():
-                if "error" in r:
-                    out.append(f"| {model} | {v} | failed: {r['error'][:80]} | |")
-                    continue
-                tr = f"{r['train_img_s']:.1f}" if "train_img_s" in r else "-"
-                out.append(f"| {model} | {v} | {r['infer_img_s']:.1f} | {tr} |")
-    if "loader_img_s" in doc:
-        ld = doc["loader"]
-        out += ["", f"Cube-store DataLoader: **{doc['loader_img_s']:.0f} img/s** ({ld['num_workers']} workers, batch "
-                f"{ld['batch_size']}); ratio to training img/s: "
-                + ", ".join(f"{k} {v:.1f}×" for k, v in ld["vs_train_img_s"].items()) + "."]
-    if "predict_end_to_end_ratio" in doc:
+    if "baseline_infer_img_s" not in doc:
+        return [_head(doc), "", "*Results in an older layout; rerun speed.py.*"]
+    d, m = doc["defaults"], doc["matmul"]
+    hw = doc.get("hardware", {})
+    f = doc["forward_gflops_per_image"]
+    base_i = max(doc["baseline_infer_img_s"].values())
+    base_t = max(doc.get("baseline_train_img_s", {0: float("nan")}).values())
+    out = [_head(doc), "",
+           f"Device {doc['device']}, {doc.get('torch_threads')} threads; dense matmul roof fp32 "
+           f"**{m['float32']['gflops']:.0f}**, bf16 **{m['bfloat16']['gflops']:.0f} GFLOP/s**; {doc['model']} "
+           f"{f:.3f} GFLOP/image (forward).  Defaults chosen on this machine (zpix.hardware): inference "
+           f"precision **{d['inference_precision']}** (bf16 flags {hw.get('bf16_cpu_flags')}, measured bf16 "
+           f"conv speed-up {hw.get('bf16_speedup_cpu')}x), predict batch {d['predict_batch']} run in slices of "
+           f"{d['inference_chunk']}, training {d['training_precision']} at batch {d['train_batch']}, "
+           f"{d['loader_workers']} loader worker(s).", "",
+           "| path | images/s | x baseline | of roof |", "|---|---|---|---|"]
+
+    def row(label: str, rate: float | None, base: float, flops: float, roof: float) -> None:
+        if rate is not None:
+            out.append(f"| {label} | {rate:.1f} | {rate / base:.2f} | {rate * flops / roof:.0%} |")
+
+    r32, r16 = m["float32"]["gflops"], m["bfloat16"]["gflops"]
+    for b, r in doc["fp32_eager_infer_img_s_by_batch"].items():
+        row(f"inference fp32 eager, batch {b} (baseline at 32/64)", r, base_i, f, r32)
+    for b, r in doc.get("bf16_body_infer_img_s", {}).items():
+        row(f"inference bf16 body, batch {b}", r, base_i, f, r16)
+    for b, r in doc.get("autocast_infer_img_s", {}).items():
+        row(f"inference plain bf16 autocast, batch {b}", r, base_i, f, r16)
+    di = doc["default_infer"]
+    row(f"**inference default** ({di['precision']}, {di['read_batch']} in slices of {di['chunk']})", di["img_s"],
+        base_i, f, r16 if di["precision"] == "bf16" else r32)
+    comp = doc.get("fp32_compiled", {})
+    if "img_s" in comp:
+        row(f"inference fp32 compiled (inductor, frozen; compile {comp['compile_seconds']:.0f} s)", comp["img_s"],
+            base_i, f, r32)
+    for b, r in doc.get("fp32_eager_train_img_s_by_batch", doc.get("baseline_train_img_s", {})).items():
+        row(f"training fp32 eager, batch {b} (baseline at 32/64)", r, base_t, 3 * f, r32)
+    dt = doc.get("default_train")
+    if dt:
+        row(f"**training default** ({dt['precision']}, batch {dt['batch']} in slices of {dt.get('chunk')})",
+            dt["img_s"], base_t, 3 * f,
+            r16 if dt["precision"].startswith("bf16") else r32)
+    for b, r in doc.get("bf16_mixed_train_img_s", {}).items():
+        row(f"training bf16-mixed (ends fp32), batch {b}", r, base_t, 3 * f, r16)
+    targets = {"best_infer_ratio": 2.0, "best_train_ratio": 1.6, "fp32_infer_ratio": 1.15,
+               "predict_end_to_end_ratio": 0.9, "train_end_to_end_ratio": 0.9}
+    out += ["", "Ratios (target): " + "; ".join(f"{k} **{doc[k]:.2f}** ({t})" for k, t in targets.items()
+                                                if k in doc) + "."]
+    if "predict" in doc:
         p = doc["predict"]
-        out += [f"`zpix predict` end to end ({p['model']}, {p['n']} objects, batch {p['batch_size']}): "
-                f"{p['img_s']:.1f} img/s = **{doc['predict_end_to_end_ratio']:.0%}** of pure inference "
-                f"({p['pure_infer_img_s']:.1f} img/s)."]
-    if doc.get("predict_peak_rss_mb"):
-        out += ["Peak RSS of `zpix predict` (" + doc["predict_rss"]["model"] + "): "
-                + ", ".join(f"{int(n):,} objects {mb:.0f} MB" for n, mb in doc["predict_peak_rss_mb"].items()) + "."]
+        out.append(f"`zpix predict` end to end on {p['n']:,} objects: {p['img_s']:.1f} img/s in {p['seconds']:.0f} s "
+                   f"(pure default inference {p['pure_infer_img_s']:.1f}).")
+    if "train" in doc:
+        t = doc["train"]
+        out.append(f"`zpix train` (pasquet2019 preset, batch {t['batch_size']}) between "
+                   + " and ".join(f"{r['steps']} steps" for r in t["runs"].values())
+                   + f": {t['img_s']:.1f} img/s (pure step {t['pure_step_img_s']:.1f}).")
+    g = doc.get("bf16_vs_fp32")
+    if g:
+        out += ["", f"Accuracy guard ({g['n_test']:,} test objects of a trained pasquet2019-small, `{g['run']}`): "
+                f"fp32 σ_MAD {g['fp32']['sigma_mad']:.5f}, bias {g['fp32']['bias']:+.5f}, "
+                f"CRPS {g['fp32']['crps']:.5f}, "
+                f"PIT KS {g['fp32']['pit_ks']:.4f}; guard {'**passed**' if g['passed'] else '**failed**'} "
+                "(|Δσ_MAD| ≤ 1 %, |Δbias| ≤ 1e-4, |ΔCRPS| ≤ 1 %).", "",
+                "| variant | Δσ_MAD | Δbias | ΔCRPS | ΔPIT KS | max abs(Δz_mean) | median abs(Δz_mean) |",
+                "|---|---|---|---|---|---|---|"]
+        for k, v in g["variants"].items():
+            out.append(f"| {k} | {v['sigma_mad_rel_change']:+.2%} | {v['bias_change']:+.1e} | "
+                       f"{v['crps_rel_change']:+.2%} | {v['pit_ks_change']:+.4f} | {v['max_abs_dz_mean']:.1e} | "
+                       f"{v['median_abs_dz_mean']:.1e} |")
+    st = doc.get("bf16_training")
+    if st:
+        f32, b16 = st["runs"]["32-true"], st["runs"]["bf16-mixed"]
+        out += ["", f"Training seed study ({st['model']}, {st['n_train']:,} train / {st['n_test']:,} test objects, "
+                f"{st['epochs']} epochs, batch {st['batch_size']}, {len(f32['runs'])} seeds each): σ_MAD fp32 "
+                f"{f32['sigma_mad_mean']:.5f} ± {f32['sigma_mad_std']:.5f}, bf16-mixed {b16['sigma_mad_mean']:.5f} ± "
+                f"{b16['sigma_mad_std']:.5f} (difference {st['mean_difference']:+.5f}; "
+                f"{'within' if st['passed'] else 'outside'} the fp32 spread); seconds per run "
+                f"{f32['seconds_mean']:.0f} vs {b16['seconds_mean']:.0f}."]
     return out
 
 
