@@ -325,11 +325,30 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
 @click.option("--out", type=click.Path(dir_okay=False), default=str(RESULTS / "calibration.json"), show_default=True)
 @click.option("--render-docs", is_flag=True, help="Only rewrite docs/calibration.md's results block and figure "
               "from --out.")
+@click.option("--merge", "merge_parts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Only combine the runs of several partial results files (cases run in parallel) into --out.")
 def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: float, batch_size: int,
-         kids_cubes: str, kids_epochs: int, work: str, seed: int, out: str, render_docs: bool) -> None:
+         kids_cubes: str, kids_epochs: int, work: str, seed: int, out: str, render_docs: bool,
+         merge_parts: tuple[str, ...]) -> None:
     """Write benchmarks/results/calibration.json."""
     if render_docs:
         globals()["render_docs"](Path(out))
+        return
+    if merge_parts:
+        import json
+
+        parts = [json.loads(Path(p).read_text()) for p in merge_parts]
+        merged = {**parts[0], "runs": {}, "skipped": {}, "parts": []}
+        for part in parts:
+            merged["runs"].update(part["runs"])
+            merged["skipped"].update(part.get("skipped", {}))
+            merged.update({k: part[k] for k in ("flags",) if k in part})
+            merged["parts"].append({k: part[k] for k in ("date_utc", "commit", "loadavg_at_start") if k in part}
+                                   | {"cases": list(part["runs"])})
+        if len({p["commit"] for p in parts}) != 1:
+            raise click.ClickException(f"parts come from different commits: {[p['commit'] for p in parts]}")
+        write_json(Path(out), merged)
+        print(f"wrote {out}")
         return
     doc: dict[str, Any] = {**stamp(), "seed": seed, "default_chain": CHAINS[DEFAULT_CHAIN], "chains": CHAINS,
                            "targets": {"pit_ks": "<= 0.02", "coverage68": "0.683 +- 0.02", "sigma_mad": "changed <= 1%",

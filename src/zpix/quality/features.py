@@ -15,22 +15,32 @@ from zpix.pdf import RedshiftGrid
 
 
 class FeatureCapture:
-    """Keep the last input of ``model.head`` (every zpix network has one: the flattened features that the
-    head's MLP reads, before E(B-V) is appended) while the context is open."""
+    """Keep the network's penultimate activations (the output of the last hidden layer of its head's MLP,
+    which the output layer reads) while the context is open; the head's input where the MLP has no hidden
+    layer.  Every zpix network has a ``head`` with an ``mlp``."""
 
     def __init__(self, model: nn.Module) -> None:
         head = getattr(model, "head", None)
         if not isinstance(head, nn.Module):
             raise ValueError(f"{type(model).__name__} has no .head module; its features cannot be read")
         self.head = head
+        mlp = getattr(head, "mlp", None)
+        hidden = [m for m in mlp if isinstance(m, nn.ReLU)] if isinstance(mlp, nn.Sequential) else []
+        # a forward hook on the last ReLU module: both heads call their hidden layers as modules (the
+        # regression head applies its output layer's weights directly, so a hook there would never fire)
+        self.layer = hidden[-1] if hidden else None
         self.last: np.ndarray | None = None
         self._handle: Any = None
 
-    def _hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         self.last = args[0].detach().float().cpu().numpy()
 
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.last = output.detach().float().cpu().numpy()
+
     def __enter__(self) -> FeatureCapture:
-        self._handle = self.head.register_forward_pre_hook(self._hook)
+        self._handle = (self.head.register_forward_pre_hook(self._pre_hook) if self.layer is None
+                        else self.layer.register_forward_hook(self._hook))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -41,7 +51,7 @@ def infer(run: str | os.PathLike, cubes: str | os.PathLike, rows: np.ndarray, *,
           batch_size: int = 64, device: str | None = None, on_bad: str = "error", members: list | None = None
           ) -> dict[str, Any]:
     """Uncalibrated ensemble-mean PDFs of ``rows`` (in the order given), with the members' z_mean (M, N),
-    z_spec and, with ``with_features``, member 0's head input (N, F)."""
+    z_spec and, with ``with_features``, member 0's penultimate activations (N, F; :class:`FeatureCapture`)."""
     from zpix.prediction.streaming import default_device, load_ensemble
     from zpix.store.dataset import CubeDataset
 

@@ -7,8 +7,9 @@ Columns (all per object; docs/prediction_format.md):
   parameter of Benítez 2000 with the outlier window);
 * ``n_modes`` — separate peaks holding ≥ 10% of the highest one (multi-modality);
 * ``ens_std`` — standard deviation of the members' z_mean over (1 + z_mean) (ensembles only);
-* ``feat_knn`` — mean Euclidean distance of the object's learned features (the input of the network's
-  head, standardised) to its k nearest neighbours in a stored subsample of the training set's features:
+* ``feat_knn`` — mean Euclidean distance of the object's learned features (the network's penultimate
+  activations, as their 32 leading whitened principal components over the training rows) to its k nearest
+  neighbours in a stored subsample of the training set's features:
   large where the network has not seen the like of the object (Lee et al. 2018 use a feature-space
   distance for the same purpose);
 * ``quality`` — the probability of |Δz| > 0.05 predicted from the scores above by a logistic regression
@@ -89,24 +90,30 @@ class QualityModel:
     score_std: np.ndarray
     thresholds: dict[str, float]
     k: int = 10
-    feat_mean: np.ndarray | None = None
-    feat_std: np.ndarray | None = None
-    train_features: np.ndarray | None = None  # standardised subsample of the training rows' features
+    feat_mean: np.ndarray | None = None  # PCA of the training features: mean (F,)
+    feat_proj: np.ndarray | None = None  # (n_components, F) principal axes
+    feat_std: np.ndarray | None = None  # (n_components,) their standard deviations (whitening)
+    train_features: np.ndarray | None = None  # whitened principal components of a training-row subsample
     info: dict[str, Any] = field(default_factory=dict)
     _tree: Any = None
 
     # -- scores ---------------------------------------------------------------------------
     def feature_distance(self, features: np.ndarray) -> np.ndarray:
-        """Mean distance to the ``k`` nearest stored training features (standardised space)."""
-        if self.train_features is None or self.feat_mean is None or self.feat_std is None:
+        """Mean distance to the ``k`` nearest stored training features (whitened principal components)."""
+        if self.train_features is None or self.feat_mean is None or self.feat_std is None or self.feat_proj is None:
             raise ValueError("this quality model stores no training features")
         if self._tree is None:
             from scipy.spatial import cKDTree
 
             self._tree = cKDTree(self.train_features)
-        x = (np.asarray(features, dtype=np.float64) - self.feat_mean) / self.feat_std
+        x = self.project(features)
         d, _ = self._tree.query(x, k=self.k)
         return np.asarray(d, dtype=np.float64).reshape(len(x), -1).mean(axis=1)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Whitened principal components of learned features (N, F) -> (N, n_components)."""
+        assert self.feat_mean is not None and self.feat_proj is not None and self.feat_std is not None
+        return ((np.asarray(features, dtype=np.float64) - self.feat_mean) @ self.feat_proj.T) / self.feat_std
 
     def raw_scores(self, probs: np.ndarray, *, features: np.ndarray | None = None,
                    member_zmean: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -147,7 +154,7 @@ class QualityModel:
 
         path = Path(path)
         arrays: dict[str, Any] = {"coef": self.coef, "score_mean": self.score_mean, "score_std": self.score_std}
-        for name in ("feat_mean", "feat_std", "train_features"):
+        for name in ("feat_mean", "feat_proj", "feat_std", "train_features"):
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = value
@@ -171,7 +178,8 @@ class QualityModel:
         return cls(grid=RedshiftGrid.from_dict(meta["grid"]), score_names=list(meta["score_names"]),
                    coef=arrays["coef"], intercept=float(meta["intercept"]), score_mean=arrays["score_mean"],
                    score_std=arrays["score_std"], thresholds={k: float(v) for k, v in meta["thresholds"].items()},
-                   k=int(meta["k"]), feat_mean=arrays.get("feat_mean"), feat_std=arrays.get("feat_std"),
+                   k=int(meta["k"]), feat_mean=arrays.get("feat_mean"), feat_proj=arrays.get("feat_proj"),
+                   feat_std=arrays.get("feat_std"),
                    train_features=arrays.get("train_features"), info=dict(meta.get("info", {})))
 
     def describe(self) -> str:
@@ -202,7 +210,8 @@ def raw_scores(probs: np.ndarray, grid: RedshiftGrid, *, features: np.ndarray | 
 
 def fit_quality(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
                 features: np.ndarray | None = None, train_features: np.ndarray | None = None,
-                member_zmean: np.ndarray | None = None, k: int = 10, seed: int = 0) -> QualityModel:
+                member_zmean: np.ndarray | None = None, k: int = 10, n_components: int = 32,
+                seed: int = 0) -> QualityModel:
     """Fit the quality model on validation objects: ``probs`` (calibrated PDFs), ``z_spec``, optionally their
     learned ``features`` with ``train_features`` (a subsample of the training rows', stored in the model) and
     the members' z_mean (M, N).  The outlier label is |z_mean − z_spec| / (1 + z_spec) > 0.05."""
@@ -213,10 +222,17 @@ def fit_quality(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
     model = QualityModel(grid=grid, score_names=[], coef=np.zeros(0), intercept=0.0, score_mean=np.zeros(0),
                          score_std=np.ones(0), thresholds={}, k=int(k))
     if features is not None and train_features is not None:
+        from sklearn.decomposition import PCA
+
+        # distances in the raw (hundreds to thousands of) dimensions are dominated by many small noisy
+        # directions; the leading whitened principal components of the training features carry the structure
         tf = np.asarray(train_features, dtype=np.float64)
-        model.feat_mean = tf.mean(axis=0)
-        model.feat_std = np.where(tf.std(axis=0) > 0, tf.std(axis=0), 1.0)
-        model.train_features = ((tf - model.feat_mean) / model.feat_std).astype(np.float32)
+        pca = PCA(n_components=min(n_components, tf.shape[0] - 1, tf.shape[1]), random_state=seed).fit(tf)
+        keep = pca.explained_variance_ > 1e-12 * max(pca.explained_variance_[0], 1e-300)
+        model.feat_mean = pca.mean_
+        model.feat_proj = pca.components_[keep]
+        model.feat_std = np.sqrt(pca.explained_variance_[keep])
+        model.train_features = model.project(tf).astype(np.float32)
     s = raw_scores(p, grid, features=features if model.train_features is not None else None,
                    member_zmean=member_zmean, distance=model.feature_distance)
     model.score_names = [n for n in SCORE_NAMES if n in s]
