@@ -22,6 +22,7 @@ magnitudes of all injected galaxies are summarised per band and field.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -223,12 +224,16 @@ def write_docs(doc: dict[str, Any]) -> None:
 @click.option("--inject-command", default="", help="The zpix inject command that made --injected (recorded).")
 @click.option("--inject-commit", default="", help="The commit that zpix inject ran at (recorded).")
 @click.option("--results", type=click.Path(file_okay=False), default=str(RESULTS), show_default=True)
+@click.option("--knn-k", default=100, show_default=True, help="Neighbours of the k-NN (its default).")
+@click.option("--methods", "only", default="knn,cnn_injected,cnn_mock", show_default=True,
+              help="Methods to run in this process; others already finished in --work are merged into the JSON "
+                   "(so two processes can train the two networks side by side).")
 @click.option("--figure", "figure_work", type=click.Path(file_okay=False), default=None,
               help="Only draw docs/figures/injected.png from this zpix inject work directory (--keep-work).")
 @click.option("--docs", is_flag=True, help="Only rewrite the tables of docs/injection.md from the results JSON.")
 def main(injected: str, mock: str, seed: int, n_test_fields: int, model: str, epochs: int, batch_size: int,
-         patience: int, work: str, inject_command: str, inject_commit: str, results: str, figure_work: str | None,
-         docs: bool) -> None:
+         patience: int, work: str, inject_command: str, inject_commit: str, results: str, knn_k: int, only: str,
+         figure_work: str | None, docs: bool) -> None:
     """Train/test on held-out real fields and write real_backgrounds.json."""
     if figure_work is not None:
         info = make_figure(Path(figure_work), ROOT / "docs" / "figures" / "injected.png")
@@ -292,20 +297,36 @@ def main(injected: str, mock: str, seed: int, n_test_fields: int, model: str, ep
     }
     out_json = Path(results) / "real_backgrounds.json"
     doc["photometry"] = photometry_table(inj)
-    write_json(out_json, doc)
+    wanted = [m.strip() for m in only.split(",") if m.strip()]
+
+    def save(name: str | None = None) -> None:
+        # each method's result lives in the work folder; the JSON gathers every finished one
+        if name is not None:
+            write_json(work_dir / name / "result.json", {"split": doc["split"], **doc["methods"][name]})
+        for m in ("knn", "cnn_injected", "cnn_mock"):
+            f = work_dir / m / "result.json"
+            if m not in doc["methods"] and f.exists():
+                r = json.loads(f.read_text())
+                if r.pop("split") == doc["split"]:
+                    doc["methods"][m] = r
+        write_json(out_json, doc)
+
+    save()
     base = {"model": model, "max_epochs": epochs, "batch_size": batch_size, "patience": patience, "seed": seed,
             "num_workers": 1, "accelerator": "cpu", "devices": 1, "progress": False}
 
     # knn on the measured magnitudes (train fields -> test fields)
-    table = load_magnitudes(inj)
-    d = work_dir / "knn"
-    t0 = time.perf_counter()
-    run_knn(table.subset(np.sort(np.r_[train_rows, val_rows])), table.subset(test_rows), d / "predictions",
-            overwrite=True)
-    doc["methods"]["knn"] = {**metrics_by_field(d / "predictions", test_fields, id_field),
-                             "n_train": int(len(train_rows) + len(val_rows)), "seconds": time.perf_counter() - t0}
-    write_json(out_json, doc)
-    print(f"[knn] {doc['methods']['knn']['sigma_mad']:.4f}", flush=True)
+    if "knn" in wanted:
+        table = load_magnitudes(inj)
+        d = work_dir / "knn"
+        t0 = time.perf_counter()
+        run_knn(table.subset(np.sort(np.r_[train_rows, val_rows])), table.subset(test_rows), d / "predictions",
+                overwrite=True, k=knn_k)
+        doc["methods"]["knn"] = {**metrics_by_field(d / "predictions", test_fields, id_field),
+                                 "n_train": int(len(train_rows) + len(val_rows)), "k": knn_k,
+                                 "seconds": time.perf_counter() - t0}
+        save("knn")
+        print(f"[knn] {doc['methods']['knn']['sigma_mad']:.4f}", flush=True)
 
     # the same network on injected cutouts and on pure mock galaxies (as many)
     with CubeStore(mock, validate=False) as s:
@@ -314,7 +335,11 @@ def main(injected: str, mock: str, seed: int, n_test_fields: int, model: str, ep
     mock_val, mock_train = np.sort(mock_rows[:n_val]), np.sort(mock_rows[n_val : n_val + len(train_rows)])
     for name, cubes, split in (("cnn_injected", inj, Split(train_rows, val_rows, test_rows)),
                                ("cnn_mock", Path(mock), Split(mock_train, mock_val, mock_val[:1]))):
+        if name not in wanted:
+            continue
         d = work_dir / name
+        if d.exists():
+            shutil.rmtree(d)  # this script's own stage folder: a rerun trains again
         cfg = TrainConfig(cubes=str(cubes), out=str(d / "run"), **base)
         t0 = time.perf_counter()
         result = train(cfg, split=split)
@@ -326,9 +351,10 @@ def main(injected: str, mock: str, seed: int, n_test_fields: int, model: str, ep
                                 "train_s": train_s, "epochs": member["epochs"],
                                 "trained_on": "injected cutouts, train fields" if name == "cnn_injected"
                                 else "pure zpix simulate mock"}
-        write_json(out_json, doc)
+        save(name)
         print(f"[{name}] {doc['methods'][name]['sigma_mad']:.4f} ({train_s:.0f} s)", flush=True)
-    doc["status"] = "complete"
+    save()
+    doc["status"] = "complete" if all(m in doc["methods"] for m in ("knn", "cnn_injected", "cnn_mock")) else "partial"
     write_json(out_json, doc)
     print(f"wrote {out_json}")
 
