@@ -169,7 +169,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--modality-dropout", type=float, default=0.25)
     parser.add_argument("--subset-seed", type=int, default=2019)
+    parser.add_argument("--replot", action="store_true", help="only redraw the figure from the --out JSON")
     args = parser.parse_args(argv)
+    if args.replot:
+        doc = json.loads(args.out.read_text())
+        make_figure(doc["modality_dropout"], doc["modality_switch_without_dropout"], args.figure)
+        return doc
 
     import torch
     from scipy import stats
@@ -323,13 +328,16 @@ def make_figure(dropout: dict[str, Any], no_dropout: dict[str, Any], path: Path)
             ax.errorbar(x + shift, d, yerr=[d - lo, hi - d], fmt="none", ecolor="k", lw=1)
         ax.set_xticks(x, names)
         ax.set_yscale("symlog", linthresh=1e-3)
+        top = max(max(t[kind][m]["delta_sigma_mad_16_84"][1] for m in names) for t in (dropout, no_dropout))
+        bottom = min(min(t[kind][m]["delta_sigma_mad_16_84"][0] for m in names) for t in (dropout, no_dropout))
+        ax.set_ylim(min(bottom * 1.5, -1e-3), top * 2.5)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_title(title)
         ax.set_ylabel("Δσ_MAD vs all modalities on")
-    axes[0].legend(fontsize=7, loc="upper left")
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="lower center", ncol=2)
     fig.suptitle(f"multimodal-small, test σ_MAD all on: {dropout['all_on']['sigma_mad']:.4f} (dropout), "
                  f"{no_dropout['all_on']['sigma_mad']:.4f} (no dropout)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.png")
     fig.savefig(tmp, dpi=110)
