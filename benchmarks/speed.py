@@ -384,7 +384,7 @@ def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, ep
 @click.option("--seed-train", default=6000, show_default=True, help="Training objects of the seed study.")
 @click.option("--seed-epochs", default=3, show_default=True, help="Epochs of each seed-study run.")
 @click.option("--seed-study-only", is_flag=True, help="Run only the seed study (it needs no quiet machine).")
-@click.option("--seed-study-from", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--seed-study-from", type=click.Path(dir_okay=False), default=None,
               help="Take the seed study from this earlier results file (with its own date and commit).")
 @click.option("--no-compile", is_flag=True, help="Skip the compiled fp32 path (no C++ compiler).")
 @click.option("--tmp", type=click.Path(file_okay=False), default=None, help="Scratch folder (default: a temp dir).")
@@ -523,7 +523,12 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
         doc["speed_seconds"] = time.perf_counter() - t_start
         write_json(out_path, doc)
         if seed_study_from:
-            earlier = json.loads(Path(seed_study_from).read_text())
+            source = Path(seed_study_from)
+            for _ in range(90):  # a seed study still running beside this one: wait for its file (15 min)
+                if source.exists():
+                    break
+                time.sleep(10)
+            earlier = json.loads(source.read_text())
             doc["bf16_training"] = {**earlier["bf16_training"], "date_utc": earlier["date_utc"],
                                     "commit": earlier["commit"], "loadavg_at_start": earlier.get("loadavg_at_start")}
         elif seeds:
