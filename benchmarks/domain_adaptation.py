@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "da_weight": args.weight, "da_ramp": "Ganin 2/(1+exp(-10p))-1",
                    "da_checkpoint": "last epoch (no target labels to select on)",
                    "other_checkpoints": "lowest source (oracle: target) validation loss", "torch_threads": 1},
-        "scaled_down": "CPU budget: 4k training objects, 6 epochs, 32x32 stamps, 2 seeds",
+        "scaled_down": f"CPU budget: {args.n_train} training objects, {args.epochs} epochs, {STAMP}x{STAMP} stamps, "
+                       f"{len(args.seeds)} seed(s)",
         "methods": {k: {kk: vv for kk, vv in v.items()} for k, v in table.items()},
         "verdict": verdict,
     }
