@@ -21,7 +21,6 @@ the frozen features already (the benchmark, a magnitude-catalogue network).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -42,8 +41,8 @@ DEBIAS_FILE = "debias.json"
 
 @dataclass
 class DebiasConfig:
-    """Options of the bias correction (defaults: the values chosen on the mock's validation rows,
-    see docs/bias_correction.md)."""
+    """Options of the bias correction.  N_th and edge_scale default to the values chosen on the SDSS-like
+    mock's validation rows (docs/bias_correction.md); the real MGS catalogue chose N_th 50, edge_scale 0.5."""
 
     n_th: int = 100  # at most this many training objects per (z, mag) cell
     cell_dz: float = 0.01  # cell size in z_spec
@@ -375,11 +374,6 @@ def debias_run(
             "config_section": {"config": cfg.to_dict(), "grid": plan.grid.to_dict()}}
     write_debiased_run(run, out, modules, info)
     return info
-
-
-def copy_config(cfg: DebiasConfig, **changes: Any) -> DebiasConfig:
-    """``cfg`` with some options changed (a convenience for sweeps)."""
-    return dataclasses.replace(copy.deepcopy(cfg), **changes)
 
 
 def describe_debias(run_dir: str | os.PathLike) -> str | None:
