@@ -219,3 +219,14 @@ def test_ebv_stand_in_and_bad_frames(tmp_path):
         group_fields(["a/image.fits"])
     with pytest.raises(InjectError, match="no frame files"):
         inject(str(tmp_path / "nothing-*.fits"), 5, tmp_path / "x.h5", progress=False)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from zpix.cli import main
+
+    res = CliRunner().invoke(main, ["inject", "--frames", str(tmp_path / "frame-*.fits.bz2"), "--n", "3",
+                                    "--out", str(tmp_path / "x.h5")])
+    assert res.exit_code == 1 and "no frame files match" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.h5").exists()
