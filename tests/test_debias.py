@@ -194,10 +194,11 @@ def test_cli_debias_options_and_errors(tiny_run):
     runner = CliRunner()
     res = runner.invoke(main, ["debias", str(root / "run"), "--out", str(root / "cli_out"), "--n-th", "4",
                                "--cell-dz", "0.05", "--cell-dmag", "1", "--no-soft-labels", "--no-edge-shift",
-                               "--epochs", "2"])
+                               "--edge-scale", "0.5", "--epochs", "2"])
     assert res.exit_code == 0, res.output
     saved = json.loads((root / "cli_out" / "debias.json").read_text())
     assert saved["config"]["soft_labels"] is False
+    assert saved["config"]["edge_scale"] == 0.5
     assert saved["sigma_per_mag_bin"] == [0.0] * len(saved["sigma_per_mag_bin"])
     assert saved["grid"] == {"n_bins": 40, "z_min": 0.0, "z_max": 0.4}  # no edge shift: no extension
     info = runner.invoke(main, ["info", str(root / "cli_out")])

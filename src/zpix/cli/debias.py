@@ -17,6 +17,8 @@ import click
               help="Gaussian labels with σ fitted per magnitude bin on the validation rows.")
 @click.option("--edge-shift/--no-edge-shift", default=True, show_default=True,
               help="Relocate labels against under-populated edges, on an output grid extended by --extend.")
+@click.option("--edge-scale", default=1.0, show_default=True,
+              help="Edge-shift neighbourhood width, in units of the run's σ_MAD(z) per r bin on validation rows.")
 @click.option("--extend", default=0.03, show_default=True, help="Output range extension at each end (z).")
 @click.option("--mag-column", default="r_mag", show_default=True,
               help="Catalogue column of the r magnitude (else the stored 'r' magnitude).")
@@ -26,8 +28,8 @@ import click
 @click.option("--batch-size", default=128, show_default=True, help="Inference batch for the frozen features.")
 @click.option("--device", default="cpu", show_default=True)
 def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: float, cell_dmag: float,
-                   soft_labels: bool, edge_shift: bool, extend: float, mag_column: str, epochs: int, lr: float,
-                   seed: int, batch_size: int, device: str) -> None:
+                   soft_labels: bool, edge_shift: bool, edge_scale: float, extend: float, mag_column: str,
+                   epochs: int, lr: float, seed: int, batch_size: int, device: str) -> None:
     """Retrain RUN's classification heads for unbiased redshifts w.r.t. spec-z; write the new run to --out.
 
     Calibrate the result against photo-z afterwards, separately: `zpix calibrate OUT --method photoz`.
@@ -35,7 +37,8 @@ def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: fl
     from zpix.debias import DebiasConfig, debias_run
 
     config = DebiasConfig(n_th=n_th, cell_dz=cell_dz, cell_dmag=cell_dmag, soft_labels=soft_labels,
-                          edge_shift=edge_shift, extend=extend, mag_column=mag_column, epochs=epochs, lr=lr, seed=seed)
+                          edge_shift=edge_shift, edge_scale=edge_scale, extend=extend, mag_column=mag_column,
+                          epochs=epochs, lr=lr, seed=seed)
     try:
         info = debias_run(run, out, cubes=cubes, config=config, device=device, batch_size=batch_size)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
