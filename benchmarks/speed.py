@@ -371,6 +371,8 @@ def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, ep
               help="A trained pasquet2019-small run (with split.npz) for the bf16 accuracy guard.")
 @click.option("--guard-cubes", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The guard run's cube store (default --cubes).")
+@click.option("--guard-from", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Take the accuracy guard from this earlier results file (with its own date and commit).")
 @click.option("--guard-n", type=int, default=None, help="Test rows of the guard (default: all of the run's).")
 @click.option("--model", "model_name", default=MODEL, show_default=True,
               help="Network of the speed measurements (the training end to end uses the pasquet2019 preset with it).")
@@ -389,7 +391,8 @@ def seed_study(cubes: Path, out: Path, seeds: int, n_train: int, n_test: int, ep
 @click.option("--no-compile", is_flag=True, help="Skip the compiled fp32 path (no C++ compiler).")
 @click.option("--tmp", type=click.Path(file_okay=False), default=None, help="Scratch folder (default: a temp dir).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Results file (default by device).")
-def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: int | None, model_name: str,
+def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_from: str | None, guard_n: int | None,
+         model_name: str,
          device: str,
          threads: int | None, min_time: float, predict_n: int, train_steps: str, seeds: int, seed_train: int,
          seed_epochs: int, seed_study_only: bool, seed_study_from: str | None, no_compile: bool, tmp: str | None,
@@ -428,7 +431,11 @@ def main(cubes: str, guard_run: str | None, guard_cubes: str | None, guard_n: in
             write_json(out_path, doc)
             return
         # accuracy first: it does not need a quiet machine, and its result decides the bf16 default
-        if guard_run:
+        if guard_from:
+            earlier = json.loads(Path(guard_from).read_text())
+            doc["bf16_vs_fp32"] = {**earlier["bf16_vs_fp32"], "date_utc": earlier["date_utc"],
+                                   "commit": earlier["commit"], "loadavg_at_start": earlier.get("loadavg_at_start")}
+        elif guard_run:
             guard = accuracy_guard(Path(guard_run), Path(guard_cubes or cubes), guard_n)
             v = guard["variants"]["bf16_body"]
             guard.update({k: v[k] for k in ("sigma_mad_rel_change", "bias_change", "crps_rel_change",
