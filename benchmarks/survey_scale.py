@@ -140,6 +140,8 @@ def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads:
                "n_workers": n_workers, "threads_per_worker": threads, "n_objects": res.n_objects,
                "n_partitions": res.n_partitions, "partitions_computed": len(res.computed), "wall_s": wall,
                "images_per_s": res.n_objects / wall, "cluster_startup_s": startup,
+               # CPU time the workers spent per image: flat in N means the work scales with free cores
+               "images_per_cpu_s": res.n_objects / max(1e-9, sum(e.get("cpu_seconds", np.nan) for e in res.entries)),
                "peak_rss_mb_per_worker": _peak_rss(res.entries), "loadavg_before": la0, "loadavg_after": loadavg()}
     if killed:
         out_doc["killed"] = killed
@@ -321,16 +323,25 @@ def render(doc: dict[str, Any]) -> None:
     lines += [f"Data: {d['n_objects']:,} objects in {d['n_shards']} shards ({d['note']}, "
               f"{d['shard_bytes'] / 2**30:.2f} GiB); model {doc['model']['name']} on {doc['model']['image']} "
               f"stamps ({doc['model']['note']}); {doc['block_rows']:,} rows per partition.", "",
-              "| workers × threads | images/s | wall s | peak RSS per worker (MB) | load avg before → after |",
-              "|---|---|---|---|---|"]
-    rows = [(f"{k} × {v['threads_per_worker']}", v) for k, v in doc.get("workers", {}).items()]
-    rows += [(f"{k} × {v['threads_per_worker']}", v) for k, v in doc.get("workers_default_threads", {}).items()]
-    for name, v in rows:
+              "| run | workers × threads | images/s | images per worker CPU-second | wall s "
+              "| peak RSS per worker (MB) | load avg before → after |",
+              "|---|---|---|---|---|---|---|"]
+    rows = [("workers", k, v) for k, v in doc.get("workers", {}).items()]
+    rows += [("default threads", k, v) for k, v in doc.get("workers_default_threads", {}).items()]
+    rows += [(f"repeat `{doc['workers_repeat']['commit']}`", k, v)
+             for k, v in doc.get("workers_repeat", {}).get("workers", {}).items()]
+    for run, k, v in rows:
         rss = ", ".join(f"{x:.0f}" for x in v["peak_rss_mb_per_worker"].values())
-        lines.append(f"| {name} | {v['images_per_s']:.0f} | {v['wall_s']:.1f} | {rss} | "
-                     f"{v['loadavg_before'][0]} → {v['loadavg_after'][0]} |")
+        cpu = f"{v['images_per_cpu_s']:.0f}" if "images_per_cpu_s" in v else "–"
+        lines.append(f"| {run} | {k} × {v['threads_per_worker']} | {v['images_per_s']:.0f} | {cpu} | {v['wall_s']:.1f} "
+                     f"| {rss} | {v['loadavg_before'][0]} → {v['loadavg_after'][0]} |")
     if "speedup_2_vs_1_workers" in doc:
-        lines += ["", f"2 workers / 1 worker (1 thread each): **{doc['speedup_2_vs_1_workers']:.2f}×**."]
+        lines += ["", f"2 workers / 1 worker (1 thread each): **{doc['speedup_2_vs_1_workers']:.2f}×** in images/s."]
+    rep = doc.get("workers_repeat", {}).get("workers", {})
+    if "1" in rep and "2" in rep:
+        lines += ["", f"Repeat: {rep['2']['images_per_s'] / rep['1']['images_per_s']:.2f}× in images/s; images per "
+                  f"worker CPU-second 2 workers / 1 worker: "
+                  f"{rep['2']['images_per_cpu_s'] / rep['1']['images_per_cpu_s']:.2f}."]
     if "speedup_2x1_vs_1x2_threads" in doc:
         lines += ["", f"2 workers × 1 thread / 1 worker × 2 threads: {doc['speedup_2x1_vs_1x2_threads']:.2f}× "
                   "(the second run's load average may differ: compare the load columns)."]

@@ -186,6 +186,7 @@ def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarra
     if threads:
         set_torch_threads(threads)
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     work = Path(work_dir)
     dev = _worker_device(device)
     members = cached_ensemble(model, dev, precision)
@@ -199,6 +200,7 @@ def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarra
     os.replace(task_dir / CATALOG_FILE, work / CATALOG_DIR / f"{part.name}.parquet")
     shutil.rmtree(task_dir, ignore_errors=True)
     entry = {**asdict(part), "name": part.name, "n": len(part), "seconds": time.perf_counter() - t0,
+             "cpu_seconds": time.process_time() - cpu0,
              "model_seconds": t_model, "host": socket.gethostname(), "pid": os.getpid(), "device": dev,
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "grid": task_meta["grid"], "meta": {k: v for k, v in task_meta.get("meta", {}).items()
