@@ -267,6 +267,22 @@ def bias_table() -> list[str]:
     return out
 
 
+def calibration_table() -> list[str]:
+    doc = _load("calibration.json")
+    if doc is None:
+        return ["(not run yet)"]
+    out = [f"*{doc['date_utc'][:10]}, commit `{doc['commit'][:7]}`; fitted on validation rows, scored on test rows "
+           f"never used for fitting; chain `{'+'.join(doc['default_chain'])}`.*", "",
+           "| run | fit / test | chain | PIT KS | coverage68 | CRPS | σ_MAD |", "|---|---|---|---|---|---|---|"]
+    for case, r in doc["runs"].items():
+        b, a = r["before"], r["after"]
+        out.append(f"| {case} | {r['n_fit']:,} / {r['n_test']:,} | {'+'.join(r['variants']['auto']['steps'])} "
+                   f"| {b['pit_ks']:.4f} → {a['pit_ks']:.4f} | {b['coverage68']:.3f} → {a['coverage68']:.3f} "
+                   f"| {b['crps']:.5f} → {a['crps']:.5f} | {b['sigma_mad']:.5f} → {a['sigma_mad']:.5f} |")
+    out += ["", "See `docs/calibration.md` (every chain, quality-score AUC and cuts, PIT histograms)."]
+    return out
+
+
 def render() -> str:
     parts = ["### Real catalogue (`real_catalog.py` → `results/real_catalog.json`)", "", *real_table(), "",
              "### Images vs magnitudes on a mock (`mock_images.py` → `results/mock_images.json`)", "",
@@ -279,6 +295,7 @@ def render() -> str:
              "", *domain_table(), "",
              "### Bias correction, Lin et al. (`bias_correction.py` → `results/bias_correction.json`)", "",
              *bias_table(), "",
+             "### Calibration (`calibration.py` → `results/calibration.json`)", "", *calibration_table(), "",
              "### Speed, CPU (`speed.py` → `results/speed.json`)", "", *speed_table("speed.json")]
     if (RESULTS / "speed_gpu.json").is_file():
         parts += ["", "### Speed, GPU (`speed.py --device cuda` → `results/speed_gpu.json`)", "",
