@@ -12,6 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from conftest import write_toy_cubes
+from test_training import tiny_config as training_config
 
 import zpix
 from zpix.cli import main
@@ -24,10 +25,8 @@ TINY = {"stem_width": 8, "modules": [[8, 8, 8, 8]], "pool_after": [0], "final_po
 
 
 def tiny_config(cubes, out, **kw) -> TrainConfig:
-    base = dict(cubes=str(cubes), out=str(out), model="pasquet2019-small", model_args=TINY, n_bins=20,
-                max_epochs=1, batch_size=16, num_workers=0, progress=False, lr=3e-3, accelerator="cpu", devices=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    """test_training's tiny config, smaller still: one epoch of a one-module network on 20 bins."""
+    return training_config(cubes, out, **{"model_args": TINY, "n_bins": 20, "max_epochs": 1, "batch_size": 16, **kw})
 
 
 @pytest.fixture(scope="module")

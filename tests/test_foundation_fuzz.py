@@ -50,6 +50,26 @@ def _corrupt(data: bytes, how: str, where: float, value: int) -> bytes:
     return b""  # empty
 
 
+def _damaged_copy(source: Path, target: Path, name: str | None, corruption) -> Path:
+    """A fresh copy of ``source`` (a file, or a directory whose file ``name`` is damaged)."""
+    shutil.rmtree(target, ignore_errors=True)
+    if name is None:
+        target.write_bytes(_corrupt(source.read_bytes(), *corruption))
+        return target
+    shutil.copytree(source, target)
+    (target / name).write_bytes(_corrupt((target / name).read_bytes(), *corruption))
+    return target
+
+
+def _fails_cleanly_leaving_nothing(args, out: Path) -> None:
+    """Run a command writing ``out``; if it fails, it failed with one message and wrote nothing."""
+    if out.is_dir():
+        shutil.rmtree(out)
+    out.unlink(missing_ok=True)
+    if not _clean_outcome(_run(args)):
+        assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*"))
+
+
 CORRUPTION = st.tuples(st.sampled_from(["truncate", "flip", "zero", "empty"]), st.floats(0, 1),
                        st.integers(1, 255))
 
@@ -79,52 +99,34 @@ def pristine(tmp_path_factory):
 @given(CORRUPTION)
 def test_corrupted_cube_store(pristine, tmp_path, corruption):
     _, cubes, *_ = pristine
-    bad = tmp_path / "bad.h5"
-    bad.write_bytes(_corrupt(cubes.read_bytes(), *corruption))
+    bad = _damaged_copy(cubes, tmp_path / "bad.h5", None, corruption)
     _clean_outcome(_run(["info", bad, "--on-bad", "zero"]))
     out = tmp_path / "knn"
-    shutil.rmtree(out, ignore_errors=True)
-    if not _clean_outcome(_run(["baseline", "knn", "--train", bad, "--test", bad, "--out", out, "--k", "5"])):
-        assert not out.exists()
+    _fails_cleanly_leaving_nothing(["baseline", "knn", "--train", bad, "--test", bad, "--out", out, "--k", "5"], out)
 
 
 @FUZZ
 @given(st.sampled_from(["meta.yaml", "catalog.parquet", "pdfs.hdf5"]), CORRUPTION)
 def test_corrupted_prediction_directory(pristine, tmp_path, name, corruption):
     _, _, pred, *_ = pristine
-    bad = tmp_path / "pred"
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(pred, bad)
-    (bad / name).write_bytes(_corrupt((bad / name).read_bytes(), *corruption))
+    bad = _damaged_copy(pred, tmp_path / "pred", name, corruption)
     out = tmp_path / "m.json"
-    out.unlink(missing_ok=True)
-    if not _clean_outcome(_run(["evaluate", bad, "--out", out, "--n-boot", "2"])):
-        assert not out.exists()
+    _fails_cleanly_leaving_nothing(["evaluate", bad, "--out", out, "--n-boot", "2"], out)
 
 
 @FUZZ
 @given(CORRUPTION)
 def test_corrupted_catalogue_table(pristine, tmp_path, corruption):
     _, _, _, table, _ = pristine
-    bad = tmp_path / "cat.csv"
-    bad.write_bytes(_corrupt(table.read_bytes(), *corruption))
+    bad = _damaged_copy(table, tmp_path / "cat.csv", None, corruption)
     out = tmp_path / "knn"
-    shutil.rmtree(out, ignore_errors=True)
-    if not _clean_outcome(_run(["baseline", "knn", "--train", bad, "--test", table, "--out", out, "--k", "5"])):
-        assert not out.exists()
+    _fails_cleanly_leaving_nothing(["baseline", "knn", "--train", bad, "--test", table, "--out", out, "--k", "5"], out)
 
 
 @FUZZ
 @given(st.sampled_from(["cat.fits", "c0.fits", "c2.fits"]), CORRUPTION)
 def test_corrupted_fits_frames(pristine, tmp_path, name, corruption):
     *_, frames = pristine
-    bad = tmp_path / "frames"
-    shutil.rmtree(bad, ignore_errors=True)
-    shutil.copytree(frames, bad)
-    (bad / name).write_bytes(_corrupt((bad / name).read_bytes(), *corruption))
+    bad = _damaged_copy(frames, tmp_path / "frames", name, corruption)
     out = tmp_path / "cubes.h5"
-    out.unlink(missing_ok=True)
-    if not _clean_outcome(_run(["import", bad / "cat.fits", "--out", out])):
-        assert not out.exists() and not list(tmp_path.glob(".cubes.h5.partial-*"))
-    else:
-        assert Path(out).is_file()
+    _fails_cleanly_leaving_nothing(["import", bad / "cat.fits", "--out", out], out)
