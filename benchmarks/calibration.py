@@ -16,10 +16,16 @@ coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method
 z_spec), after calibration) and η after removing the 5/10/20% worst-flagged (``quality``) objects versus
 the 5/10/20% widest PDFs (width68).  ``pit_hist``: 20-bin PIT densities before/after per run.
 
-Run from a clean worktree of a commit (see COMMON.md)::
+Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as two processes, then
+joined (the CNN run is a copy of the shared runs/bench/p19s_20k, stopped after 2 epochs)::
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/calibration.py --run runs/bench/p19s_20k \
-        --cubes runs/bench/mock_sdss.h5
+    B="python benchmarks/calibration.py --run /work/main/runs/calib/p19s_20k_ep2 --cubes runs/bench/mock_sdss.h5"
+    $B --cases cnn_mock --n-features 4000 --out part_cnn.json
+    $B --cases knn_mgs,magnet_mgs,kids_regression --kids-cubes runs/calib/kids6k.h5 --out part_other.json
+    python benchmarks/calibration.py --merge part_cnn.json --merge part_other.json   # -> results/calibration.json
+    python benchmarks/calibration.py --render-docs                                   # docs/calibration.md + figure
+
+with the KiDS mock from ``zpix simulate --survey kids --n 6000 --seed 7 --out runs/calib/kids6k.h5``.
 """
 
 from __future__ import annotations
