@@ -320,6 +320,8 @@ def render(doc: dict[str, Any]) -> None:
     lines = [f"*{doc['date_utc'][:16]} UTC, commit `{doc['commit']}`, {doc['machine'].get('cpu', '?')}, "
              f"{doc['machine'].get('cpu_count')} cores, load average at start {doc.get('loadavg_at_start')}.*", ""]
     d = doc["data"]
+    if doc.get("scaled_down"):
+        lines += [f"Scaled down: {doc['scaled_down']}.", ""]
     lines += [f"Data: {d['n_objects']:,} objects in {d['n_shards']} shards ({d['note']}, "
               f"{d['shard_bytes'] / 2**30:.2f} GiB); model {doc['model']['name']} on {doc['model']['image']} "
               f"stamps ({doc['model']['note']}); {doc['block_rows']:,} rows per partition.", "",
@@ -339,9 +341,10 @@ def render(doc: dict[str, Any]) -> None:
         lines += ["", f"2 workers / 1 worker (1 thread each): **{doc['speedup_2_vs_1_workers']:.2f}×** in images/s."]
     rep = doc.get("workers_repeat", {}).get("workers", {})
     if "1" in rep and "2" in rep:
-        lines += ["", f"Repeat: {rep['2']['images_per_s'] / rep['1']['images_per_s']:.2f}× in images/s; images per "
-                  f"worker CPU-second 2 workers / 1 worker: "
-                  f"{rep['2']['images_per_cpu_s'] / rep['1']['images_per_cpu_s']:.2f}."]
+        cores = {k: v["images_per_s"] / v["images_per_cpu_s"] for k, v in rep.items()}
+        lines += ["", f"Repeat: {rep['2']['images_per_s'] / rep['1']['images_per_s']:.2f}× in images/s; CPU time per "
+                  f"image, 2 workers / 1 worker: {rep['1']['images_per_cpu_s'] / rep['2']['images_per_cpu_s']:.2f}; "
+                  f"CPU obtained from the machine: {cores['1']:.2f} cores with 1 worker, {cores['2']:.2f} with 2."]
     if "speedup_2x1_vs_1x2_threads" in doc:
         lines += ["", f"2 workers × 1 thread / 1 worker × 2 threads: {doc['speedup_2x1_vs_1x2_threads']:.2f}× "
                   "(the second run's load average may differ: compare the load columns)."]
