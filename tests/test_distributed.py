@@ -112,8 +112,10 @@ def test_rerun_after_a_crash_computes_only_the_missing_partitions(setup):
                             on_partition=crash)
     assert not out.exists()
     work = out.parent / f".{out.name}.partial-dask"
-    # tasks already running on a worker when the driver stopped still finish: wait until the scheduler is empty
-    while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+    # tasks already running on a worker when the driver stopped still finish (a cancelled task's thread
+    # runs on after the scheduler forgets it): wait until the scheduler is empty and no worker thread is busy
+    while (client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+           or any(client.run(lambda dask_worker: len(dask_worker.active_threads)).values())):
         time.sleep(0.2)
     parts = plan_partitions(shards, 30)
     done = finished(work, parts)
