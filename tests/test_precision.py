@@ -176,9 +176,14 @@ def test_native_bf16_needs_the_cpu_flags(monkeypatch):
     assert not hardware.native_bf16("cpu") and not hardware.fast_bf16("cpu")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert hardware.native_bf16("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    monkeypatch.setattr(hardware, "bf16_speedup", lambda device="cpu": 0.6)
-    assert not hardware.fast_bf16("cpu")  # native but slower than fp32 (no AMX): not chosen
-    monkeypatch.setattr(hardware, "bf16_speedup", lambda device="cpu": 2.0)
+    monkeypatch.setattr(hardware, "cpu_vendor", lambda: "GenuineIntel")
+    assert not hardware.fast_bf16("cpu")  # native but slower than fp32 (Intel without AMX): not chosen
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda device="cpu": 99.0)
+    assert not hardware.fast_bf16("cpu")  # a timing never decides: the choice must not depend on the load
+    monkeypatch.setattr(hardware, "cpu_vendor", lambda: "AuthenticAMD")
+    assert hardware.fast_bf16("cpu") == hardware.native_bf16("cpu")
+    monkeypatch.setattr(hardware, "cpu_vendor", lambda: "GenuineIntel")
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
     assert hardware.fast_bf16("cpu") == hardware.native_bf16("cpu")
 
 

@@ -7,9 +7,13 @@
   (Ampere).
 * **Faster in bf16.**  Native is not enough: without AMX, an Intel core issues its bf16 dot products
   (VDPBF16PS) on one port where fp32 FMAs use two, so bf16 convolutions run no faster than fp32 and
-  the conversions make them slower (measured on a 2-core Emerald Rapids VM without AMX: 0.6x).
-  :func:`bf16_speedup` therefore times one convolution of the inception body in both precisions
-  (about 0.1 s, once per process) and bf16 counts only if it is at least 1.2x faster.
+  the conversions make them slower (measured on a 2-core Emerald Rapids VM without AMX: 0.6x), while
+  AMX-BF16 cores and AMD's Zen 4/5 (full-rate AVX-512 BF16; the 2x of the speed issue was measured on
+  an EPYC) run them faster.  bf16 therefore counts as fast on a CPU with ``amx_bf16``, or an AMD CPU
+  with ``avx512_bf16``.  The rule reads flags only, never a timing: a timing probe would make the
+  default precision, and so the predictions, depend on how loaded the machine is at start-up.
+  :func:`bf16_speedup` (one convolution of the body timed in both precisions) is a diagnostic that
+  ``benchmarks/speed.py`` records to check the rule.
 * **Default precision** (``auto``): bf16 only where it is native and faster *and* the accuracy guard measured by
   ``benchmarks/speed.py`` (``bf16_vs_fp32`` for inference, ``bf16_training`` for training) passed:
   σ_MAD within 1 % (relative), bias within 1e-4 and CRPS within 1 % of fp32 on the same test set, and
@@ -113,16 +117,28 @@ def bf16_speedup(device: str = "cpu") -> float:
     return best[torch.float32] / best[torch.bfloat16]
 
 
-#: bf16 must be at least this much faster than fp32 (bf16_speedup) to be chosen by "auto".
-MIN_BF16_SPEEDUP = 1.2
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``; empty where unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def fast_bf16(device: str | torch.device = "cpu") -> bool:
-    """Native bf16 that is also faster than fp32 on ``device`` (GPUs with bf16 tensor cores always are)."""
+    """Native bf16 that is also faster than fp32 on ``device``: GPUs with bf16 tensor cores, CPUs with
+    AMX-BF16, AMD CPUs with AVX-512 BF16 (see the module docstring; flags only, so deterministic)."""
     device = torch.device(device)
     if not native_bf16(device):
         return False
-    return device.type == "cuda" or bf16_speedup(str(device)) >= MIN_BF16_SPEEDUP
+    if device.type == "cuda":
+        return True
+    return "amx_bf16" in cpu_flags() or cpu_vendor() == "AuthenticAMD"
 
 
 def inference_precision(precision: str, device: str | torch.device = "cpu") -> str:
