@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED = ROOT.parent / "shared"
@@ -72,11 +74,7 @@ def stamp() -> dict[str, Any]:
 
 def write_json(path: Path, doc: dict[str, Any]) -> Path:
     """Write ``doc`` atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(doc, indent=1, default=_default, allow_nan=True) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text(path, json.dumps(doc, indent=1, default=_default, allow_nan=True) + "\n")
 
 
 def _default(obj: Any) -> Any:

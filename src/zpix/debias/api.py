@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import atomic_file
 from zpix.debias.balance import BalancedSubset, balanced_subset, cell_index, regular_edges
 from zpix.debias.head import HeadInputs, extended_head, head_inputs, pdf_head, train_head
 from zpix.debias.labels import edge_shift, fit_sigma_per_mag, gaussian_labels
@@ -233,10 +234,9 @@ def save_checkpoint(module: Any, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0}, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                    "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0}, tmp)
     return path
 
 

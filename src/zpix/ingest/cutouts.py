@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import atomic_file, write_text
 from zpix.ingest.frames import FrameIndex, FrameInfo, FrameReader, expand_frame_paths, order_bands, scan_frames
 from zpix.ingest.resample import BACKENDS, find_swarp, resample_band, target_wcs
 
@@ -218,11 +219,9 @@ def _run_block(block: int, rows: np.ndarray, ra: np.ndarray, dec: np.ndarray, pa
                 errors[i] = True
                 messages.extend(f"row {rows[i]} band {opts.bands[j]}: {p}" for p in res.problems
                                 if len(messages) < MAX_MESSAGES)
-    tmp = f"{part}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with atomic_file(part) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, rows=rows, images=images, coverage=coverage, n_frames=n_frames, errors=errors,
                  messages=np.array(messages, dtype=str))
-    os.replace(tmp, part)
     return {"block": block, "n": n}
 
 
@@ -363,9 +362,7 @@ def make_cutouts(
                                           cube_bands=cube_band_list, weight_hdu=weight_hdu,
                                           weight_suffix=weight_suffix, workers=workers,
                                           progress=progress and len(paths) > 100)
-        tmp = scan_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"frames": [asdict(f) for f in frame_list], "skipped": skipped}))
-        os.replace(tmp, scan_file)
+        write_text(scan_file, json.dumps({"frames": [asdict(f) for f in frame_list], "skipped": skipped}))
     if not frame_list:
         raise CutoutError("none of the frames can be used:\n  " + "\n  ".join(skipped[:MAX_MESSAGES]))
     found_bands = order_bands(f.band for f in frame_list)

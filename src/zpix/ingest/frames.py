@@ -35,6 +35,8 @@ from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 from scipy.spatial import cKDTree
 
+from zpix.atomic import atomic_file
+
 COMPRESSED_SUFFIXES = (".bz2", ".gz", ".fz")
 
 # Effective wavelength order of common broad-band filter names, so that bands found in
@@ -413,9 +415,8 @@ def materialize(path: str, hdu: int, cache_dir: str | os.PathLike) -> tuple[str,
             # astropy has already applied BZERO/BSCALE, so the copy holds physical values
             data = np.asarray(src.data)
             out = fits.PrimaryHDU(data=data, header=header)
-            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-            out.writeto(tmp, overwrite=True, output_verify="silentfix")
-        os.replace(tmp, target)
+            with atomic_file(target) as tmp:
+                out.writeto(tmp, overwrite=True, output_verify="silentfix")
     return str(target), 0
 
 

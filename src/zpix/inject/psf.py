@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import atomic_file, write_text
+
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 REFERENCE_BAND = "r"
 # SDSS CCD gains (e-/DN) per camcol (rows 1-6) and band (u g r i z): SDSS DR frame data model
@@ -112,12 +114,10 @@ class Frame:
 
     def save(self, path: str | os.PathLike) -> None:
         """The decompressed frame as one ``.npz`` (pixels, header, calibration, sky), written atomically."""
-        tmp = f"{path}.partial"
-        with open(tmp, "wb") as fh:
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, data=self.data, calib=self.calib, sky_dn=self.sky_dn.astype(np.float32),
                      header=np.array(self.header.tostring()), gain=np.array(self.gain),
                      path=np.array(self.path), band=np.array(self.band))
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Frame:
@@ -291,14 +291,10 @@ class FieldCalibration:
         arrays = {f"psf_{b}": p.image for b, p in self.bands.items()}
         arrays.update({f"stars_{b}": p.star_positions for b, p in self.bands.items()})
         arrays.update(real_sources=self.real_sources, real_star=self.real_star)
-        tmp = d / f"{self.field}.npz.partial"
-        with open(tmp, "wb") as fh:
+        with atomic_file(d / f"{self.field}.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, d / f"{self.field}.npz")
         doc = {**self.summary(), "paths": self.paths}
-        tmp = d / f"{self.field}.json.partial"
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, d / f"{self.field}.json")
+        write_text(d / f"{self.field}.json", json.dumps(doc, indent=1))
         return d / f"{self.field}.json"
 
     @classmethod
