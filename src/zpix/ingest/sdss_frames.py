@@ -32,6 +32,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from zpix.atomic import temp_path
 from zpix.ingest.frames import _data_bytes
 
 DEFAULT_BASE_URL = "https://data.sdss.org/sas/dr17/eboss/photoObj/frames"
@@ -198,7 +199,7 @@ def download_frame(url: str, dest: str | os.PathLike, *, retries: int = 4, backo
     if dest.exists() and not overwrite:
         return FetchResult(url, dest, "present", 0, dest.stat().st_size)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part{os.getpid()}-{id(dest)}")
+    tmp = temp_path(dest)
     error = ""
     attempt = 0
     for attempt in range(1, retries + 2):

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import temp_path
 from zpix.mock.population import TYPE_NAMES, population_model
 from zpix.mock.presets import SurveyPreset, get_preset
 
@@ -357,7 +358,7 @@ def simulate(
     workers = max(1, int(workers or os.cpu_count() or 1))
     out = Path(out)
     cat_path = catalog_path(out)
-    cat_tmp = cat_path.with_name(cat_path.name + ".partial")
+    cat_tmp = temp_path(cat_path)
     attrs = {
         "generator": FORMAT_NOTE,
         "seed": int(seed),
