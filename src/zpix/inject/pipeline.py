@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from zpix.atomic import atomic_file, write_text
 from zpix.inject.psf import (
     SDSS_BANDS,
     FieldCalibration,
@@ -189,9 +190,8 @@ def run_copy(*, cal_dir: str, field_id: str, field_index: int, copy: int, gal: d
     paths = []
     for band in SDSS_BANDS:
         p = cdir / Path(frames[band].path).name.replace(".bz2", "")
-        tmp = p.with_name(p.name + ".partial")
-        fits.PrimaryHDU(injected[band].astype(np.float32), header=frames[band].header).writeto(tmp, overwrite=True)
-        os.replace(tmp, p)
+        with atomic_file(p) as tmp:
+            fits.PrimaryHDU(injected[band].astype(np.float32), header=frames[band].header).writeto(tmp)
         paths.append(str(p))
     cat: dict[str, np.ndarray] = {
         "id": np.asarray(gal["index"][keep], np.int64), "ra": ra, "dec": dec,
@@ -401,9 +401,7 @@ def inject(
                 writer.append(images=s.images(slice(None)), z_spec=s.z_spec, ebv=s.ebv, ids=s.ids,
                               mags=s.column("mags"), mag_errs=s.column("mag_errs"), catalog=cat)
                 n_written += len(s)
-    tmp = fields_path(out).with_name(fields_path(out).name + ".partial")
-    tmp.write_text(json.dumps(cal_summary, indent=1))
-    os.replace(tmp, fields_path(out))
+    write_text(fields_path(out), json.dumps(cal_summary, indent=1))
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return InjectReport(out=out, n_requested=n, n_written=n_written, fields=field_ids, n_copies=len(tasks),
