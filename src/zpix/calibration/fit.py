@@ -30,7 +30,9 @@ MIN_VALIDATION = 50
 
 
 #: Chains that ``auto`` chooses from, simplest first (a tie goes to the simpler one).
-AUTO_CANDIDATES: tuple[tuple[str, ...], ...] = (("pit",), ("temperature", "pit"), ("pit-local",),
+#: The empty chain comes first: PDFs already calibrated within the validation set's noise are left as they
+#: are, rather than given a map that can only add the noise of its fit.
+AUTO_CANDIDATES: tuple[tuple[str, ...], ...] = ((), ("pit",), ("temperature", "pit"), ("pit-local",),
                                                 ("temperature", "pit-local"), ("student-t", "pit"))
 
 
@@ -61,13 +63,17 @@ def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
             held = folds == f
             chain = fit_calibration(probs[~held], z[~held], grid, list(cand), base=base)
             pit[held] = cdf_at(chain(probs[held]), grid, z[held])
-        scores["+".join(cand)] = float(kstest(pit, "uniform").statistic)
+        scores[_chain_name(cand)] = float(kstest(pit, "uniform").statistic)
     # one-standard-error rule: the simplest candidate within the KS statistic's spread (~0.26/sqrt(n) under
     # uniformity) of the best, so that noise in a small validation set does not pick the most flexible chain
     margin = KS_SPREAD / np.sqrt(len(z))
     best_score = min(scores.values())
-    best = next(c for c in candidates if scores["+".join(c)] <= best_score + margin)
+    best = next(c for c in candidates if scores[_chain_name(c)] <= best_score + margin)
     return list(best), scores
+
+
+def _chain_name(chain: Sequence[str]) -> str:
+    return "+".join(chain) or "none"
 
 
 def fit_calibration(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, methods: Sequence[str], *,
