@@ -246,10 +246,17 @@ def gaussian_pdfs(mu: np.ndarray, sigma: np.ndarray | float, grid: RedshiftGrid)
         raise ValueError("gaussian_pdfs: mu and sigma must be finite")
     if np.any(sigma <= 0):
         raise ValueError("gaussian_pdfs: sigma must be > 0")
-    cdf = ndtr((grid.edges[None, :] - mu[:, None]) / sigma[:, None])
-    p = np.diff(cdf, axis=1)
+    return binned_from_edge_cdf(ndtr((grid.edges[None, :] - mu[:, None]) / sigma[:, None]), mu, grid)
+
+
+def binned_from_edge_cdf(cdf: np.ndarray, mu: np.ndarray, grid: RedshiftGrid) -> np.ndarray:
+    """Bin probabilities from a location-scale CDF at the grid's edges (N, n_bins + 1), truncated to the grid.
+
+    P_k = F(e_{k+1}) - F(e_k), renormalised over the grid; a distribution far off the grid (~0 mass on it)
+    puts all its mass in the end bin nearest its location ``mu``.
+    """
+    p = np.clip(np.diff(cdf, axis=1), 0.0, None)
     s = p.sum(axis=1)
-    # A Gaussian far off the grid has ~0 mass on it: put it all in the nearest end bin.
     far = ~(s > 1e-300)
     if far.any():
         p[far] = 0.0

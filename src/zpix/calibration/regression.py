@@ -25,7 +25,7 @@ from scipy.optimize import minimize
 from scipy.special import ndtr, stdtr
 
 from zpix.calibration.base import PROB_FLOOR, Calibrator, check_probs, register_calibrator
-from zpix.pdf import RedshiftGrid, pdf_quantiles
+from zpix.pdf import RedshiftGrid, binned_from_edge_cdf, pdf_quantiles
 
 NU_BOUNDS = (1.0, 1000.0)
 SCALE_BOUNDS = (0.05, 20.0)
@@ -41,15 +41,7 @@ def student_t_pdfs(mu: np.ndarray, sigma: np.ndarray, nu: float, grid: RedshiftG
     """Binned Student-t PDFs (ν = inf: Gaussian), truncated to the grid; all mass in the nearest end bin
     where none falls on the grid."""
     t = (grid.edges[None, :] - mu[:, None]) / sigma[:, None]
-    cdf = ndtr(t) if not np.isfinite(nu) else stdtr(nu, t)
-    p = np.clip(np.diff(cdf, axis=1), 0.0, None)
-    s = p.sum(axis=1)
-    far = ~(s > 1e-300)
-    if far.any():
-        p[far] = 0.0
-        p[far, grid.labels(mu[far])] = 1.0
-        s[far] = 1.0
-    return p / s[:, None]
+    return binned_from_edge_cdf(ndtr(t) if not np.isfinite(nu) else stdtr(nu, t), mu, grid)
 
 
 @register_calibrator("student-t")
