@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -27,3 +28,12 @@ def to_plain(obj: Any, finite: bool = False) -> Any:
     if obj is None or isinstance(obj, str | int | float | bool):
         return obj
     return str(obj)
+
+
+def check_known_options(cls: type, values: dict[str, Any], what: str) -> None:
+    """Refuse keys of ``values`` that are not fields of the dataclass ``cls`` (a config read from YAML),
+    naming them and the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known options: {sorted(known)}")

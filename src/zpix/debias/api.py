@@ -36,6 +36,7 @@ from zpix.debias.balance import BalancedSubset, balanced_subset, cell_index, reg
 from zpix.debias.head import HeadInputs, extended_head, head_inputs, pdf_head, train_head
 from zpix.debias.labels import edge_shift, fit_sigma_per_mag, gaussian_labels
 from zpix.pdf import RedshiftGrid, pdf_mean
+from zpix.plain_types import check_known_options
 
 DEBIAS_FILE = "debias.json"
 
@@ -69,10 +70,7 @@ class DebiasConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> DebiasConfig:
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown debias option(s) {unknown}; known options: {sorted(known)}")
+        check_known_options(cls, values, "debias")
         return cls(**values)
 
 

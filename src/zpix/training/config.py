@@ -21,6 +21,7 @@ from pydantic import ConfigDict, ValidationError, field_validator, model_validat
 from pydantic.dataclasses import dataclass
 
 from zpix.pdf import RedshiftGrid
+from zpix.plain_types import check_known_options
 from zpix.store.cube_store import ON_BAD_DEFAULT
 
 
@@ -140,10 +141,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known options: {sorted(known)}")
+        check_known_options(cls, values, "training")
         try:
             return cls(**values)
         except ValidationError as err:

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from zpix.plain_types import check_known_options
 from zpix.store.cube_store import CubeStore, OnBad
 from zpix.store.dataset import CubeDataset
 from zpix.training.augment import random_dihedral
@@ -99,10 +100,7 @@ class DomainConfig:
         if isinstance(values, DomainConfig):
             return values
         values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown domain option(s) {unknown}; known: {sorted(known)}")
+        check_known_options(cls, values, "domain")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
