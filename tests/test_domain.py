@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 from conftest import write_toy_cubes
 
+from zpix.runs import InputSpec
 from zpix.store.cube_store import CubeStore
 from zpix.store.dataset import CubeDataset
 from zpix.training.domain import (
@@ -213,3 +216,24 @@ def test_domain_adaptation_trains_on_cpu_with_an_unlabelled_target(tmp_path: Pat
         assert torch.equal(again.state_dict()[key], value)
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert str(tgt) in saved
+    # the run's input spec records the target store (path, size, ids digest), read without its z_spec
+    spec = InputSpec.load(tmp_path / "run")
+    with h5py.File(tgt) as f:
+        ids = f["ids"][:].astype(np.int64)
+    assert spec.target == {"path": str(tgt), "n_rows": 48, "bands": list("ugriz"), "image_shape": [5, 16, 16],
+                           "digest": hashlib.sha256(ids.tobytes()).hexdigest()[:16]}
+
+
+def test_input_spec_target_is_empty_without_adaptation_and_optional_on_load(tmp_path: Path) -> None:
+    from zpix.training.api import train
+
+    src = write_toy_cubes(tmp_path / "src.h5", n=40)
+    train({"cubes": str(src), "out": str(tmp_path / "run"), "model": "pasquet2019-small",
+           "model_args": {"final_pool_size": 2}, "max_epochs": 1, "batch_size": 16, "num_workers": 0,
+           "progress": False})
+    path = tmp_path / "run" / "input_spec.json"
+    doc = json.loads(path.read_text())
+    assert doc["target"] == {}
+    del doc["target"]  # a run written before input specs had a target still loads
+    path.write_text(json.dumps(doc))
+    assert InputSpec.load(tmp_path / "run").target == {}

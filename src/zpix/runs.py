@@ -6,7 +6,8 @@
     run/config.yaml           the TrainConfig + library versions
     run/split.npz             train / val / test rows of the cube store
     run/input_spec.json       what the run was trained on: bands, pixel scale, survey, image shape,
-                              magnitudes (or none), E(B-V) use, the cube store's fingerprint, the split's
+                              magnitudes (or none), E(B-V) use, the cube store's fingerprint, the split's,
+                              the domain-adaptation target store's (``target``; empty without --target-cubes)
     run/member_<k>/best.ckpt  best-validation checkpoint of ensemble member k (seed + k)
     run/member_<k>/last.ckpt  the latest epoch's checkpoint (`zpix train --resume RUN` continues from it)
     run/member_<k>/summary.json  member k's scores, written when it has finished
@@ -103,6 +104,21 @@ def store_fingerprint(store: Any) -> dict[str, Any]:
     return {"n_rows": len(store), "digest": h.hexdigest()[:16]}
 
 
+def target_fingerprint(path: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a domain-adaptation target store: path, row count, sha256 of its ids, bands and image shape.
+
+    Unlike :func:`store_fingerprint` it hashes the ids only: the target's ``z_spec`` is never read.
+    """
+    from zpix.store.cube_store import CubeStore
+
+    with CubeStore(path, validate=False) as store:
+        ids = store.column("ids")
+        h = hashlib.sha256(np.ascontiguousarray(ids.astype(str) if ids.dtype.kind in "OUS"
+                                                else ids.astype(np.int64)).tobytes())
+        return {"path": str(path), "n_rows": len(store), "digest": h.hexdigest()[:16], "bands": store.bands,
+                "image_shape": list(store.image_shape)}
+
+
 @dataclass
 class InputSpec:
     """What a run was trained on; a cube store it is applied to must match it."""
@@ -115,14 +131,18 @@ class InputSpec:
     use_ebv: bool
     store: dict[str, Any] = field(default_factory=dict)  # path, n_rows, digest
     split: dict[str, Any] = field(default_factory=dict)  # n_train, n_val, n_test, digest
+    # the unlabelled target field of domain adaptation (--target-cubes): :func:`target_fingerprint`; {} if none
+    target: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_store(cls, store: Any, *, mag_names: list[str] | None, use_ebv: bool, split: Split) -> InputSpec:
+    def from_store(cls, store: Any, *, mag_names: list[str] | None, use_ebv: bool, split: Split,
+                   target: str | os.PathLike | None = None) -> InputSpec:
         return cls(bands=store.bands, pixel_scale_arcsec=store.pixel_scale_arcsec, survey=store.survey,
                    image_shape=list(store.image_shape), mag_names=mag_names, use_ebv=bool(use_ebv),
                    store={"path": str(store.path), **store_fingerprint(store)},
                    split={"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-                          "digest": split.digest()})
+                          "digest": split.digest()},
+                   target=target_fingerprint(target) if target else {})
 
     def save(self, run_dir: str | os.PathLike) -> None:
         write_json(Path(run_dir) / INPUT_SPEC_FILE, asdict(self))
