@@ -37,8 +37,8 @@ from zpix.runs import (
     spec_for,
 )
 from zpix.store.cube_store import CubeStore
+from zpix.store.dataset import CubeDataset
 from zpix.training.config import TrainConfig
-from zpix.training.data import CubeData, TableData
 from zpix.training.module import PhotoZModule
 from zpix.training.splits import kfold_splits, labelled_rows, random_split
 
@@ -51,12 +51,17 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def build_module(cfg: TrainConfig, n_bands: int | None = None, image_size: int | None = None, n_mags: int = 0
-                 ) -> PhotoZModule:
-    """The Lightning module of ``cfg`` for inputs of that shape (images None: a model without an image branch)."""
-    model_config: dict[str, Any] = {"use_ebv": cfg.use_ebv, "z_min": cfg.z_min, "z_max": cfg.z_max}
-    if n_bands is not None and image_size is not None:
-        model_config.update(n_bands=n_bands, image_size=image_size)
+def _mag_normalization(cubes: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each observed magnitude over the training rows (missing: NaN or ≥ 90)."""
+    from zpix.models.hybrid import magnitude_statistics
+
+    with CubeStore(cubes, validate=False) as store:
+        return magnitude_statistics(store.column("mags")[rows])
+
+
+def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -> PhotoZModule:
+    model_config: dict[str, Any] = {"n_bands": n_bands, "image_size": image_size, "use_ebv": cfg.use_ebv,
+                                    "z_min": cfg.z_min, "z_max": cfg.z_max}
     if n_mags:
         model_config["n_mags"] = n_mags
     model_config.update(cfg.model_args)
@@ -104,19 +109,21 @@ def workers_of(cfg: TrainConfig) -> int:
     return loader_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
 
 
-def _loader(cfg: TrainConfig, data: CubeData | TableData, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
-    dataset = data.dataset(rows, train=shuffle)
+def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
+    dataset = CubeDataset(cfg.cubes, indices=rows, use_mags=cfg.use_mags, on_bad=cfg.on_bad)  # type: ignore[arg-type]
+    if cfg.target_cubes and shuffle:  # training objects come with target-field partners (zpix.training.domain)
+        from zpix.training.domain import domain_dataset
+
+        dataset = domain_dataset(dataset, cfg.target_cubes, cfg.domain)
     generator = torch.Generator().manual_seed(seed)
-    workers = data.workers
+    workers = workers_of(cfg)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
                       persistent_workers=workers > 0, generator=generator,
-                      collate_fn=getattr(dataset, "collate", None), drop_last=shuffle and len(rows) > cfg.batch_size)
+                      drop_last=shuffle and len(rows) > cfg.batch_size)
 
 
-def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int,
-                 data: CubeData | TableData | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train one model on ``split`` (rows of ``data``, default: the cube store ``cfg.cubes``) with ``seed``;
-    returns its best checkpoint and its scores.
+def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
+    """Train one model on ``split`` with ``seed``; returns its best checkpoint and its scores.
 
     A finished member (its ``summary.json``) is returned as is; one with a ``last.ckpt`` (a killed
     run) continues from it through Lightning's ``ckpt_path``: epoch, optimiser, scheduler, early
@@ -129,11 +136,13 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int,
         return member_dir / "best.ckpt", json.loads(done.read_text())
     last = member_dir / "last.ckpt"
     resume_from = str(last) if last.is_file() else None
-    data = CubeData(cfg) if data is None else data
     L.seed_everything(seed, workers=True, verbose=False)
-    module = build_module(cfg, **data.model_inputs())
+    with CubeStore(cfg.cubes, validate=False) as store:
+        n_bands, size, _ = store.image_shape
+        n_mags = len(store.mag_names) if cfg.use_mags else 0
+    module = build_module(cfg, n_bands, size, n_mags)
     if cfg.use_mags and hasattr(module.model, "set_mag_normalization"):
-        module.model.set_mag_normalization(*data.mag_statistics(split.train))
+        module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
     # after the normalisation: a warm-started magnitude branch keeps the statistics it was trained with
     initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from and not resume_from else []
     # best.ckpt: lowest val_loss, or the last epoch for objectives that say so (domain adaptation)
@@ -143,7 +152,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int,
     # every epoch's state, for --resume (Lightning's save_last writes only when the best improves)
     latest = ModelCheckpoint(dirpath=member_dir, filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    train_loader = _loader(cfg, data, split.train, True, seed)
+    train_loader = _loader(cfg, split.train, True, seed)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
         precision=training_precision(cfg.precision, cfg.accelerator),
@@ -158,7 +167,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int,
         deterministic=False, log_every_n_steps=max(1, min(50, len(train_loader))), enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, _loader(cfg, data, split.val, False, seed), ckpt_path=resume_from)
+    trainer.fit(module, train_loader, _loader(cfg, split.val, False, seed), ckpt_path=resume_from)
     seconds = time.perf_counter() - start
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
@@ -229,11 +238,11 @@ def _claim_run_dir(run_dir: Path) -> bool:
     return True
 
 
-def _train_members(cfg: TrainConfig, split: Split, run_dir: Path, data: TableData | None = None) -> TrainResult:
+def _train_members(cfg: TrainConfig, split: Split, run_dir: Path) -> TrainResult:
     checkpoints, members = [], []
     try:
         for k in range(cfg.ensemble):
-            ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k, data)
+            ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k)
             checkpoints.append(ckpt)
             members.append(summary)
     except Exception:
@@ -242,9 +251,8 @@ def _train_members(cfg: TrainConfig, split: Split, run_dir: Path, data: TableDat
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     summary = {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test), "members": members}
-    if data is None:  # calibration and debiasing predict from the cube store (train_table refuses them)
-        summary["calibration"] = _calibrate_run(cfg, run_dir, split)
-        summary["debiased"] = _debias_run(cfg, run_dir)
+    summary["calibration"] = _calibrate_run(cfg, run_dir, split)
+    summary["debiased"] = _debias_run(cfg, run_dir)
     write_json(run_dir / SUMMARY_FILE, summary)
     return TrainResult(run_dir, checkpoints, split, summary)
 
