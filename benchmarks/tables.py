@@ -225,24 +225,50 @@ def multimodal_table() -> list[str]:
     return out
 
 
-def domain_table() -> list[str]:
+def domain_table(detail: bool = False) -> list[str]:
+    """The domain-adaptation table; ``detail`` adds the fields' seeing/depth and every method's gap share."""
     doc = _load("domain_adaptation.json")
     if doc is None:
         return ["(not run yet)"]
     b, v, f = doc["budget"], doc["verdict"], doc["fields"]
-    out = [f"*{doc['date_utc'][:10]}, commit `{doc['code']['commit'][:7]}`, {f['kind']}; "
+    where = f["kind"]
+    if f["source"].get("fields"):
+        where += f": source fields {', '.join(f['source']['fields'])}, target fields {', '.join(f['target']['fields'])}"
+    out = [f"*{doc['date_utc'][:10]}, commit `{doc['code']['commit'][:7]}`, {where}; "
            f"{f['source']['n_train']:,} training objects, {b['epochs']} epochs, {f['stamp']}×{f['stamp']} pixels, "
-           f"mean ± std over seeds {b['seeds']}.*", "",
+           f"DA weight {b['da_weight']:g}, mean ± std over seeds {b['seeds']}.*", "",
            "| method | target σ_MAD | target bias | target η (%) | target max tomo bias | source σ_MAD "
-           "| source max tomo bias |", "|---|---|---|---|---|---|---|"]
+           "| source max tomo bias | seeds |", "|---|---|---|---|---|---|---|---|"]
     for name, m in doc["methods"].items():
         out.append(f"| {name} | {_pm(m, 'sigma_mad')} | {_pm(m, 'bias', 1, '+.5f')} | {_pm(m, 'eta', 100, '.2f')} "
                    f"| {_pm(m, 'max_tomo_bias')} | {_pm(m['source'], 'sigma_mad')} "
-                   f"| {_pm(m['source'], 'max_tomo_bias')} |")
+                   f"| {_pm(m['source'], 'max_tomo_bias')} | {m['n_seeds']} |")
     out += ["", f"Share of the no_da → oracle gap closed by `da`: σ_MAD {v['gap_closed_sigma_mad']:.2f}, max tomo "
             f"bias {v['gap_closed_max_tomo_bias']:.2f} (`da_no_guided`: {v['gap_closed_sigma_mad_no_guided']:.2f}, "
             f"{v['gap_closed_max_tomo_bias_no_guided']:.2f}); source σ_MAD change "
-            f"{100 * v['source_sigma_mad_change']:+.1f}%. See `docs/domain_adaptation.md`."]
+            f"{100 * v['source_sigma_mad_change']:+.1f}%"
+            + (f"; target met: {'yes' if v['target_met'] else 'no'}" if "target_met" in v else "")
+            + ". See `docs/domain_adaptation.md`."]
+    if "gap_sigma_mad_se" in v:
+        out += ["", f"The gap itself (no_da − oracle on the target, ± standard error of the difference of the seed "
+                f"means): σ_MAD {v['gap_sigma_mad']:+.5f} ± {v['gap_sigma_mad_se']:.5f}, max tomo bias "
+                f"{v['gap_max_tomo_bias']:+.5f} ± {v['gap_max_tomo_bias_se']:.5f}."]
+    if detail and "gap_closed" in v:
+        out += ["", "| method | gap closed, σ_MAD | gap closed, max tomo bias | source σ_MAD change |",
+                "|---|---|---|---|"]
+        for name, g in v["gap_closed"].items():
+            out.append(f"| {name} | {g['sigma_mad']:+.2f} | {g['max_tomo_bias']:+.2f} | "
+                       f"{100 * g['source_sigma_mad_change']:+.1f}% |")
+    if detail and f.get("conditions"):
+        role = {x: "source" for x in f["source"]["fields"]} | {x: "target" for x in f["target"]["fields"]}
+        out += ["", f"Fields ({f['ranking']}; depth: 5σ point source, AB):", "",
+                "| field | role | objects in store | FWHM g/r/i (\") | mean FWHM gri (\") | depth g/r/i | E(B−V) |",
+                "|---|---|---|---|---|---|---|"]
+        for name, c in sorted(f["conditions"].items(), key=lambda kv: kv[1]["fwhm_gri"]):
+            fw, dp = c["fwhm_arcsec"], c["depth_5sigma"]
+            out.append(f"| {name} | {role.get(name, 'unused')} | {c['n_objects']:,} | "
+                       f"{fw['g']:.2f} / {fw['r']:.2f} / {fw['i']:.2f} | {c['fwhm_gri']:.2f} | "
+                       f"{dp['g']:.2f} / {dp['r']:.2f} / {dp['i']:.2f} | {c['ebv']:.3f} |")
     return out
 
 
