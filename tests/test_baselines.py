@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 from conftest import write_toy_cubes
 
@@ -114,11 +115,57 @@ def test_magnet_learns_better_than_the_prior_and_reruns_identically(tmp_path: Pa
     dz_prior = delta_z(pdf_mean(prior_pdfs, grid), test.z_spec)
     assert sigma_mad(dz) < 0.5 * sigma_mad(dz_prior)
     assert crps(pdfs, grid, test.z_spec).mean() < 0.5 * crps(prior_pdfs, grid, test.z_spec).mean()
-    # save, reload, rerun: identical; retrain with the same seed: the same network
+    # save, reload, rerun: identical; retrain with the same seed: identical predictions
     model.save(tmp_path / "magnet.ckpt")
     np.testing.assert_array_equal(MagNet.load(tmp_path / "magnet.ckpt").predict(test), pdfs)
     model_b, _ = train_magnet(train, cfg, work_dir=tmp_path / "b")
-    np.testing.assert_allclose(model_b.predict(test), pdfs, atol=1e-5)
+    np.testing.assert_array_equal(model_b.predict(test), pdfs)
+    model_c, _ = train_magnet(train, MagNetConfig(max_epochs=2, patience=12, seed=4, batch_size=64))
+    assert not np.array_equal(model_c.predict(test), pdfs)  # another seed: another network
+
+
+def test_magnet_trains_through_the_training_stage(tmp_path: Path) -> None:
+    """The magnitude network is a run of zpix.training: config (with the table it read) beside the
+    split and the member checkpoints, the training loop's summaries, and its refusals."""
+    from zpix.runs import Split
+    from zpix.training.api import train_table
+    from zpix.training.config import TrainConfig
+    from zpix.training.data import TableData
+
+    train = synthetic_catalogue(300, 0)
+    cfg = MagNetConfig(max_epochs=2, patience=5, seed=1)
+    model, summary = train_magnet(train, cfg, work_dir=tmp_path / "run")
+    run = tmp_path / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["model"] == "hybrid-mags" and saved["train"]["calibrate"] == []
+    assert saved["table"]["source"] == "synthetic-0" and saved["table"]["n_rows"] == 300
+    assert saved["table"]["inputs"][:2] == ["mag_u", "mag_g"] and saved["table"]["inputs"][-1] == "i-z"
+    assert (run / ".zpix-run").is_file() and (run / "split.npz").is_file()
+    assert (run / "member_0" / "best.ckpt").is_file() and (run / "member_0" / "last.ckpt").is_file()
+    assert model.checkpoint == run / "member_0" / "best.ckpt"
+    assert summary["epochs"] == 2 and summary["n_train"] + summary["n_val"] == 300
+    assert model.module.model.zpix_config["n_mags"] == 9 and model.module.model.use_images is False
+    # the temporary run directory of a train_magnet without work_dir goes with its model
+    model_t, _ = train_magnet(train, cfg)
+    temporary = model_t.checkpoint.parents[1]
+    assert temporary.is_dir()
+    del model_t
+    import gc
+
+    gc.collect()
+    assert not temporary.exists()
+
+    data = TableData(np.zeros((10, 2)), np.zeros(10), np.linspace(0.1, 0.3, 10), ["mag_g", "mag_r"], "t.csv")
+    split = Split(np.arange(8), np.arange(8, 10), np.empty(0, dtype=np.int64))
+    base = cfg.train_config(out=tmp_path / "bad", use_ebv=False)
+    with pytest.raises(ValueError, match="t.csv: .*set calibrate=\\[\\]"):
+        train_table(base, data, split, calibrate=["auto"])
+    with pytest.raises(ValueError, match="choose hybrid-mags"):
+        train_table(TrainConfig.from_dict({**base.to_dict(), "model": "hybrid", "model_args": {"head": "pdf"}}),
+                    data, split)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 10\)"):
+        train_table(base, data, Split(np.arange(8), np.array([12]), np.empty(0, dtype=np.int64)))
+    assert not (tmp_path / "bad").exists()  # refused before any file was written
 
 
 def test_tables_cube_store_and_mgs_header_quirk(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ whose ``head="pdf"`` ends in a softmax over the redshift bins, trained with the 
 
     L = −log P_k(z_spec)   (Pasquet et al. 2019, Sect. 3.6),
 
-exactly as the image networks.  This module only feeds it a catalogue: a small in-memory Dataset of
-``{"mags", "ebv", "z"}`` dicts, :class:`~zpix.training.module.PhotoZModule` for the steps, and
-Lightning's Trainer with early stopping on a held-out validation part of the training set.
+exactly as the image networks.  This module only turns a catalogue into a training table
+(:class:`zpix.training.data.TableData`) and a :class:`~zpix.training.config.TrainConfig`, and trains
+it with :func:`zpix.training.api.train_table`: the loop, checkpoints, early stopping on a held-out
+validation part of the training set, seeds and run directory of every zpix training.
 
 Inputs are the (de-reddened, when the table carries extinction coefficients) magnitudes and, by
 default, their adjacent colours m_j − m_{j+1}: the same information, but a representation in which
@@ -23,16 +24,19 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from zpix.baselines.tables import MagnitudeTable
 from zpix.pdf import RedshiftGrid
+from zpix.runs import Split
+from zpix.training.config import TrainConfig
+from zpix.training.data import MagnitudeDataset, TableData
 
 MODEL_NAME = "hybrid-mags"
 
@@ -61,6 +65,19 @@ class MagNetConfig:
     def grid(self) -> RedshiftGrid:
         return RedshiftGrid(self.n_bins, self.z_min, self.z_max)
 
+    def train_config(self, *, out: str | os.PathLike, use_ebv: bool) -> TrainConfig:
+        """The :class:`TrainConfig` of this network: ``hybrid-mags`` with a PDF head, constant learning rate,
+        no augmentation or calibration, fp32 on one CPU (a small MLP gains nothing from more)."""
+        return TrainConfig(
+            out=str(out), model=MODEL_NAME,
+            model_args={"head": "pdf", "mag_widths": list(self.mag_widths), "head_widths": list(self.head_widths)},
+            n_bins=self.n_bins, z_min=self.z_min, z_max=self.z_max, use_ebv=use_ebv, use_mags=True,
+            val_fraction=self.val_fraction, lr=self.lr, weight_decay=self.weight_decay, lr_schedule="none",
+            batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience, augment=False,
+            seed=self.seed, calibrate=[], accelerator="cpu", devices=1, precision="32-true", num_workers=0,
+            channels_last=False, progress=self.progress,
+        )
+
 
 def network_inputs(table: MagnitudeTable, colours: bool) -> np.ndarray:
     """(N, M) de-reddened magnitudes, followed by the M − 1 adjacent colours when ``colours``.
@@ -73,34 +90,11 @@ def network_inputs(table: MagnitudeTable, colours: bool) -> np.ndarray:
     return np.concatenate([mags, mags[:, :-1] - mags[:, 1:]], axis=1)
 
 
-class MagnitudeDataset(Dataset):
-    """In-memory ``{"mags", "ebv", "z"}`` samples (z is NaN where unknown)."""
-
-    def __init__(self, inputs: np.ndarray, ebv: np.ndarray, z: np.ndarray) -> None:
-        self.mags = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
-        self.ebv = torch.as_tensor(np.asarray(ebv, dtype=np.float32))
-        self.z = torch.as_tensor(np.asarray(z, dtype=np.float32))
-
-    def __len__(self) -> int:
-        return int(self.z.shape[0])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"mags": self.mags[i], "ebv": self.ebv[i], "z": self.z[i]}
-
-    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        # one gather per batch instead of B dicts; the collate function passes a dict through
-        i = torch.as_tensor(idx)
-        return {"mags": self.mags[i], "ebv": self.ebv[i], "z": self.z[i]}
-
-
-def _collate(batch: Any) -> Any:
-    return batch if isinstance(batch, dict) else torch.utils.data.default_collate(batch)
-
-
-def _loader(ds: MagnitudeDataset, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=0, generator=generator,
-                      collate_fn=_collate, drop_last=shuffle and len(ds) > batch_size)
+def input_names(bands: list[str], colours: bool) -> list[str]:
+    """Names of the columns of :func:`network_inputs`: ``mag_u``, ..., then ``u-g``, ..."""
+    names = [f"mag_{b}" for b in bands]
+    return names + ([f"{a}-{b}" for a, b in zip(bands[:-1], bands[1:], strict=True)]
+                    if colours and len(bands) >= 2 else [])
 
 
 @dataclass
@@ -156,18 +150,23 @@ class MagNet:
         return cls(module, list(info["bands"]), bool(info["colours"]), path)
 
 
+def holdout_split(n: int, val_fraction: float, seed: int) -> Split:
+    """A random ``val_fraction`` of ``n`` rows (at least one) for validation, the rest for training; no test rows."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_fraction * n)))
+    return Split(np.sort(perm[n_val:]), np.sort(perm[:n_val]), np.empty(0, dtype=np.int64))
+
+
 def train_magnet(train: MagnitudeTable, config: MagNetConfig | None = None, work_dir: str | os.PathLike | None = None,
                  **options: Any) -> tuple[MagNet, dict[str, Any]]:
     """Train the magnitude network on ``train``'s labelled objects inside [z_min, z_max].
 
     A ``val_fraction`` of them (random, from ``seed``) is held out for early stopping and for choosing
-    the checkpoint.  Checkpoints go to ``work_dir`` (default: a temporary directory, removed unless
-    the returned model is saved).  Returns the model (best validation loss) and a training summary.
+    the checkpoint.  ``work_dir`` receives the run directory (config, split, checkpoints; default: a
+    temporary directory, removed with the returned model).  Returns the model (best validation loss)
+    and a training summary.
     """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from zpix.models.hybrid import magnitude_statistics
+    from zpix.training.api import train_table
     from zpix.training.module import PhotoZModule
 
     cfg = config or MagNetConfig(**options)
@@ -175,46 +174,26 @@ def train_magnet(train: MagnitudeTable, config: MagNetConfig | None = None, work
     n = len(labelled)
     if n < 20:
         raise ValueError(f"{train.source}: only {n} objects with z_spec in [{cfg.z_min}, {cfg.z_max}]; need >= 20")
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(n)
-    n_val = max(1, int(round(cfg.val_fraction * n)))
-    val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    x = network_inputs(labelled, cfg.colours)
+    split = holdout_split(n, cfg.val_fraction, cfg.seed)
+    data = TableData(network_inputs(labelled, cfg.colours), labelled.ebv, labelled.z_spec,
+                     input_names(list(train.bands), cfg.colours), str(train.source))
     use_ebv = cfg.use_ebv and float(np.ptp(labelled.ebv)) > 0  # a constant E(B-V) column carries nothing
-    model_config = {"n_mags": x.shape[1], "head": "pdf", "use_ebv": use_ebv, "n_bins": cfg.n_bins,
-                    "z_min": cfg.z_min, "z_max": cfg.z_max, "mag_widths": list(cfg.mag_widths),
-                    "head_widths": list(cfg.head_widths)}
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = PhotoZModule(MODEL_NAME, model_config, cfg.grid.to_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                          augment=False)
-    module.model.set_mag_normalization(*magnitude_statistics(x[train_rows]))
-    ds_train = MagnitudeDataset(x[train_rows], labelled.ebv[train_rows], labelled.z_spec[train_rows])
-    ds_val = MagnitudeDataset(x[val_rows], labelled.ebv[val_rows], labelled.z_spec[val_rows])
-    own_dir = work_dir is None
-    work = Path(tempfile.mkdtemp(prefix="zpix-magnet-")) if own_dir else Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    checkpoint = ModelCheckpoint(dirpath=work, filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                                 enable_version_counter=False)
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=cfg.max_epochs, deterministic=True, logger=False,
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min")],
-        enable_progress_bar=cfg.progress, enable_model_summary=False, default_root_dir=str(work),
-        num_sanity_val_steps=0,
-    )
-    t0 = time.perf_counter()
-    trainer.fit(module, _loader(ds_train, cfg.batch_size, True, cfg.seed),
-                _loader(ds_val, 4096, False, cfg.seed))
-    seconds = time.perf_counter() - t0
-    best = PhotoZModule.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
-    model = MagNet(best, list(train.bands), cfg.colours, Path(checkpoint.best_model_path))
-    summary = {"train_s": seconds, "epochs": int(trainer.current_epoch), "n_train": int(len(train_rows)),
-               "n_val": int(len(val_rows)), "best_val_loss": float(checkpoint.best_model_score),
-               "config": _plain(asdict(cfg))}
+    run_dir = Path(tempfile.mkdtemp(prefix="zpix-magnet-")) if work_dir is None else Path(work_dir)
+    try:
+        result = train_table(cfg.train_config(out=run_dir, use_ebv=use_ebv), data, split)
+    except BaseException:
+        if work_dir is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    best = PhotoZModule.load_from_checkpoint(result.checkpoints[0], map_location="cpu")
+    model = MagNet(best, list(train.bands), cfg.colours, result.checkpoints[0])
+    if work_dir is None:
+        weakref.finalize(model, shutil.rmtree, run_dir, ignore_errors=True)
+    member = result.summary["members"][0]
+    summary = {"train_s": member["train_seconds"], "epochs": int(member["epochs"]), "n_train": len(split.train),
+               "n_val": len(split.val), "best_val_loss": member["best_val_loss"],
+               "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}
     return model, summary
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def run_magnet(
@@ -233,7 +212,7 @@ def run_magnet(
 
     cfg = config or MagNetConfig(**options)
     with tempfile.TemporaryDirectory(prefix="zpix-magnet-") as work:
-        model, summary = train_magnet(train, cfg, work_dir=work)
+        model, summary = train_magnet(train, cfg, work_dir=Path(work) / "run")
         if model_path is not None:
             model.save(model_path)
         t0 = time.perf_counter()

@@ -4,7 +4,9 @@ A run directory (:mod:`zpix.runs`) holds everything needed to reuse or resume it
 split, the input spec, and per member ``best.ckpt``, ``last.ckpt`` (every epoch) and, once finished,
 ``summary.json``.  :func:`resume` continues a killed run from its members' ``last.ckpt``.
 
-Ensembles and k-fold are loops over the same Lightning Trainer, not new trainers.
+Ensembles and k-fold are loops over the same Lightning Trainer, not new trainers; so is
+:func:`train_table`, which trains a magnitude network on an in-memory catalogue
+(:mod:`zpix.training.data`, used by the catalogue baseline :mod:`zpix.baselines.magnet`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from zpix.atomic import UnsafeOutputError, is_run_dir, write_json
-from zpix.hardware import loader_workers, training_precision
+from zpix.hardware import training_precision
 from zpix.runs import (
     CONFIG_FILE,
     INPUT_SPEC_FILE,
@@ -37,8 +39,8 @@ from zpix.runs import (
     spec_for,
 )
 from zpix.store.cube_store import CubeStore
-from zpix.store.dataset import CubeDataset
 from zpix.training.config import TrainConfig
+from zpix.training.data import CubeData, TableData
 from zpix.training.module import PhotoZModule
 from zpix.training.splits import kfold_splits, labelled_rows, random_split
 
@@ -51,17 +53,12 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def _mag_normalization(cubes: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of each observed magnitude over the training rows (missing: NaN or ≥ 90)."""
-    from zpix.models.hybrid import magnitude_statistics
-
-    with CubeStore(cubes, validate=False) as store:
-        return magnitude_statistics(store.column("mags")[rows])
-
-
-def build_module(cfg: TrainConfig, n_bands: int, image_size: int, n_mags: int) -> PhotoZModule:
-    model_config: dict[str, Any] = {"n_bands": n_bands, "image_size": image_size, "use_ebv": cfg.use_ebv,
-                                    "z_min": cfg.z_min, "z_max": cfg.z_max}
+def build_module(cfg: TrainConfig, n_bands: int | None = None, image_size: int | None = None, n_mags: int = 0
+                 ) -> PhotoZModule:
+    """The Lightning module of ``cfg`` for inputs of that shape (images None: a model without an image branch)."""
+    model_config: dict[str, Any] = {"use_ebv": cfg.use_ebv, "z_min": cfg.z_min, "z_max": cfg.z_max}
+    if n_bands is not None and image_size is not None:
+        model_config.update(n_bands=n_bands, image_size=image_size)
     if n_mags:
         model_config["n_mags"] = n_mags
     model_config.update(cfg.model_args)
@@ -104,26 +101,19 @@ def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[st
         raise ValueError(f"init_from {sources}: {err}") from err
 
 
-def workers_of(cfg: TrainConfig) -> int:
-    """The config's DataLoader workers, "auto" resolved from the machine (zpix.hardware.loader_workers)."""
-    return loader_workers() if cfg.num_workers == "auto" else int(cfg.num_workers)
-
-
-def _loader(cfg: TrainConfig, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
-    dataset = CubeDataset(cfg.cubes, indices=rows, use_mags=cfg.use_mags, on_bad=cfg.on_bad)  # type: ignore[arg-type]
-    if cfg.target_cubes and shuffle:  # training objects come with target-field partners (zpix.training.domain)
-        from zpix.training.domain import domain_dataset
-
-        dataset = domain_dataset(dataset, cfg.target_cubes, cfg.domain)
+def _loader(cfg: TrainConfig, data: CubeData | TableData, rows: np.ndarray, shuffle: bool, seed: int) -> DataLoader:
+    dataset = data.dataset(rows, train=shuffle)
     generator = torch.Generator().manual_seed(seed)
-    workers = workers_of(cfg)
+    workers = data.workers
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, num_workers=workers,
                       persistent_workers=workers > 0, generator=generator,
-                      drop_last=shuffle and len(rows) > cfg.batch_size)
+                      collate_fn=getattr(dataset, "collate", None), drop_last=shuffle and len(rows) > cfg.batch_size)
 
 
-def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
-    """Train one model on ``split`` with ``seed``; returns its best checkpoint and its scores.
+def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int,
+                 data: CubeData | TableData | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train one model on ``split`` (rows of ``data``, default: the cube store ``cfg.cubes``) with ``seed``;
+    returns its best checkpoint and its scores.
 
     A finished member (its ``summary.json``) is returned as is; one with a ``last.ckpt`` (a killed
     run) continues from it through Lightning's ``ckpt_path``: epoch, optimiser, scheduler, early
@@ -136,13 +126,11 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         return member_dir / "best.ckpt", json.loads(done.read_text())
     last = member_dir / "last.ckpt"
     resume_from = str(last) if last.is_file() else None
+    data = CubeData(cfg) if data is None else data
     L.seed_everything(seed, workers=True, verbose=False)
-    with CubeStore(cfg.cubes, validate=False) as store:
-        n_bands, size, _ = store.image_shape
-        n_mags = len(store.mag_names) if cfg.use_mags else 0
-    module = build_module(cfg, n_bands, size, n_mags)
+    module = build_module(cfg, **data.model_inputs())
     if cfg.use_mags and hasattr(module.model, "set_mag_normalization"):
-        module.model.set_mag_normalization(*_mag_normalization(cfg.cubes, split.train))
+        module.model.set_mag_normalization(*data.mag_statistics(split.train))
     # after the normalisation: a warm-started magnitude branch keeps the statistics it was trained with
     initialised = warm_start(module, cfg.init_from, seed - cfg.seed) if cfg.init_from and not resume_from else []
     # best.ckpt: lowest val_loss, or the last epoch for objectives that say so (domain adaptation)
@@ -152,7 +140,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
     # every epoch's state, for --resume (Lightning's save_last writes only when the best improves)
     latest = ModelCheckpoint(dirpath=member_dir, filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    train_loader = _loader(cfg, split.train, True, seed)
+    train_loader = _loader(cfg, data, split.train, True, seed)
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
         precision=training_precision(cfg.precision, cfg.accelerator),
@@ -167,7 +155,7 @@ def train_member(cfg: TrainConfig, split: Split, member_dir: Path, seed: int) ->
         deterministic=False, log_every_n_steps=max(1, min(50, len(train_loader))), enable_model_summary=False,
     )
     start = time.perf_counter()
-    trainer.fit(module, train_loader, _loader(cfg, split.val, False, seed), ckpt_path=resume_from)
+    trainer.fit(module, train_loader, _loader(cfg, data, split.val, False, seed), ckpt_path=resume_from)
     seconds = time.perf_counter() - start
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
     best = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else math.nan
@@ -238,11 +226,11 @@ def _claim_run_dir(run_dir: Path) -> bool:
     return True
 
 
-def _train_members(cfg: TrainConfig, split: Split, run_dir: Path) -> TrainResult:
+def _train_members(cfg: TrainConfig, split: Split, run_dir: Path, data: TableData | None = None) -> TrainResult:
     checkpoints, members = [], []
     try:
         for k in range(cfg.ensemble):
-            ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k)
+            ckpt, summary = train_member(cfg, split, run_dir / f"member_{k}", cfg.seed + k, data)
             checkpoints.append(ckpt)
             members.append(summary)
     except Exception:
@@ -251,8 +239,9 @@ def _train_members(cfg: TrainConfig, split: Split, run_dir: Path) -> TrainResult
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     summary = {"n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test), "members": members}
-    summary["calibration"] = _calibrate_run(cfg, run_dir, split)
-    summary["debiased"] = _debias_run(cfg, run_dir)
+    if data is None:  # calibration and debiasing predict from the cube store (train_table refuses them)
+        summary["calibration"] = _calibrate_run(cfg, run_dir, split)
+        summary["debiased"] = _debias_run(cfg, run_dir)
     write_json(run_dir / SUMMARY_FILE, summary)
     return TrainResult(run_dir, checkpoints, split, summary)
 
@@ -322,6 +311,47 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None
     return _train_members(cfg, split, run_dir)
 
 
+def train_table(config: TrainConfig | dict[str, Any] | str | Path, data: TableData, split: Split,
+                **overrides: Any) -> TrainResult:
+    """Train on an in-memory catalogue (``data``: magnitudes, E(B−V), z; no images) into the run directory
+    ``config.out``, through the loop of :func:`train`: the same checkpoints, early stopping, seeds and
+    atomic writes, and the config saved beside them with a description of the table.
+
+    ``split`` holds rows of ``data``.  The model must read magnitudes and no images (``hybrid-mags``);
+    calibration and debiasing, which predict from a cube store, must be switched off.
+    """
+    cfg = _as_config(config, overrides)
+    problems = []
+    if cfg.cubes or cfg.target_cubes or cfg.init_from:
+        problems.append("cubes, target_cubes and init_from name cube stores and runs; leave them empty")
+    if cfg.calibrate or cfg.debias:
+        problems.append("calibration and debiasing predict from a cube store; set calibrate=[] and debias={}")
+    if not cfg.use_mags:
+        problems.append("a table holds magnitudes only: set use_mags=true")
+    rows = np.concatenate([split.train, split.val, split.test])
+    if rows.size and (rows.min() < 0 or rows.max() >= len(data)):
+        problems.append(f"the split's rows must lie in [0, {len(data)})")
+    if len(split.train) == 0 or len(split.val) == 0:
+        problems.append("the split needs training and validation rows")
+    if problems:
+        raise ValueError(f"cannot train on the table {data.source}: " + "; ".join(problems))
+    module = build_module(cfg, **data.model_inputs())
+    if getattr(module.model, "use_images", True) or not getattr(module.model, "use_mags", False):
+        raise ValueError(f"model {cfg.model} does not read magnitudes alone; a table ({data.source}) has no "
+                         "images: choose hybrid-mags")
+    run_dir = Path(cfg.out)
+    created = _claim_run_dir(run_dir)
+    try:
+        split.save(run_dir / SPLIT_FILE)
+        cfg.save(run_dir / CONFIG_FILE, extra={"n_train": len(split.train), "n_val": len(split.val),
+                                                "n_test": len(split.test), "table": data.describe()})
+    except BaseException:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return _train_members(cfg, split, run_dir, data)
+
+
 def resume(run: str | Path) -> TrainResult:
     """Continue a killed `zpix train` run: finished members are kept, the others continue from their
     ``last.ckpt`` (or start, if they had none), with the run's own config, split and cube store."""
@@ -359,7 +389,7 @@ def kfold(config: TrainConfig | dict[str, Any] | str | Path, k: int = 5, **overr
     for i, split in enumerate(kfold_splits(rows, k, cfg.val_fraction, cfg.seed)):
         result = train(replace(cfg, out=str(out / f"fold_{i}")), split=split)
         pred_dir = predict(result.run_dir, cfg.cubes, out / f"fold_{i}" / "predictions", rows=split.test,
-                           num_workers=workers_of(cfg), overwrite=True, progress=cfg.progress, on_bad=cfg.on_bad)
+                           num_workers=CubeData(cfg).workers, overwrite=True, progress=cfg.progress, on_bad=cfg.on_bad)
         p = read_predictions(pred_dir)
         m = metric_summary(p.catalog["z_mean"].to_numpy(), p.catalog["z_spec"].to_numpy(), p.pdfs, p.grid)
         folds.append({key: m[key] for key in ("n", "bias", "sigma_mad", "eta", "crps") if key in m})
