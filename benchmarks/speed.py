@@ -108,8 +108,8 @@ def build(name: str, device: str) -> Any:
 
     torch.manual_seed(0)
     cfg = model_config(name)
-    module = PhotoZModule(name, {k: cfg[k] for k in ("n_bands", "image_size", "use_ebv")},
-                          RedshiftGrid().to_dict(), channels_last=True)
+    module = PhotoZModule(model_name=name, model_config={k: cfg[k] for k in ("n_bands", "image_size", "use_ebv")},
+                          grid=RedshiftGrid().to_dict(), channels_last=True)
     return module.to(device)
 
 

@@ -86,7 +86,8 @@ def test_soft_labels_on_an_extended_grid():
 def _mag_module(n_mags=5, n_bins=40):
     cfg = {"n_mags": n_mags, "head": "pdf", "use_ebv": True, "n_bins": n_bins, "z_min": 0.0, "z_max": 0.4,
            "mag_widths": [16], "head_widths": [16]}
-    return PhotoZModule("hybrid-mags", cfg, RedshiftGrid(n_bins, 0.0, 0.4).to_dict(), augment=False)
+    return PhotoZModule(model_name="hybrid-mags", model_config=cfg, grid=RedshiftGrid(n_bins, 0.0, 0.4).to_dict(),
+                        augment=False)
 
 
 def test_head_features_reproduce_the_network_and_survive_extension(tmp_path):

@@ -147,9 +147,9 @@ def test_domain_inputs_pairs() -> None:
 
 def _module(adversarial: str, weight: float = 1.0) -> DomainAdaptationModule:
     torch.manual_seed(0)
-    module = DomainAdaptationModule("pasquet2019-small", {"n_bands": 5, "image_size": 16, "n_bins": 20,
-                                                          "final_pool_size": 2}, {"n_bins": 20, "z_min": 0.0,
-                                                                                  "z_max": 0.4}, augment=False)
+    module = DomainAdaptationModule(model_name="pasquet2019-small",
+                                    model_config={"n_bands": 5, "image_size": 16, "n_bins": 20, "final_pool_size": 2},
+                                    grid={"n_bins": 20, "z_min": 0.0, "z_max": 0.4}, augment=False)
     module.attach_domain({"adversarial": adversarial, "weight": weight, "ramp_gamma": 0.0})
     return module
 

@@ -92,13 +92,57 @@ def test_unknown_option_is_refused() -> None:
 
 def test_duplicate_registration_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        register_model("pasquet2019")(lambda n_bands=5: nn.Identity())
+        register_model("pasquet2019")(lambda *, n_bands=5: nn.Identity())
 
 
 def test_factory_without_default_is_refused() -> None:
     with pytest.raises(TypeError, match="default"):
         register_model("zz-test-no-default")(lambda n_bands: nn.Identity())
     assert "zz-test-no-default" not in list_models()
+
+
+def test_positional_configuration_is_refused() -> None:
+    """Models, their parts, the factories and the Lightning module take options by keyword only: with
+    13-18 options, a positional call binds a value to the wrong option as soon as one is reordered."""
+    import importlib
+    import inspect
+
+    from zpix.models.heads import BinnedPDFHead
+    from zpix.models.hybrid import HybridNet, MagnitudeEncoder, hybrid
+    from zpix.models.inception import InceptionBackbone
+    from zpix.models.multimodal import multimodal
+    from zpix.models.networks import pasquet2019
+    from zpix.training.module import PhotoZModule
+
+    classes = []
+    for name in ("base", "heads", "hybrid", "inception", "layers", "multimodal", "networks"):
+        module = importlib.import_module(f"zpix.models.{name}")
+        classes += [c for c in vars(module).values() if inspect.isclass(c) and issubclass(c, nn.Module)
+                    and c.__module__ == module.__name__ and "__init__" in vars(c)]
+    assert len(classes) >= 12
+    for cls in [*classes, PhotoZModule]:
+        options = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        assert options and all(p.kind is p.KEYWORD_ONLY for p in options), cls.__name__
+    with pytest.raises(TypeError, match="positional"):
+        BinnedPDFHead(8, 20)
+    with pytest.raises(TypeError, match="positional"):
+        InceptionBackbone(5, 64)
+    encoder = MagnitudeEncoder(n_mags=3, widths=(4,))
+    with pytest.raises(TypeError, match="positional"):
+        HybridNet(None, encoder, BinnedPDFHead(in_features=4, n_bins=20))
+    for factory in (pasquet2019, hybrid, multimodal):
+        with pytest.raises(TypeError, match="positional"):
+            factory(5)
+    with pytest.raises(TypeError, match="positional"):
+        PhotoZModule("hybrid-mags", {}, {"n_bins": 20})
+    with pytest.raises(TypeError, match="keyword-only"):
+        register_model("zz-test-positional")(lambda n_bands=5: nn.Identity())
+    assert "zz-test-positional" not in list_models()
+    # the parts compose by keyword, and a head that does not fit its parts is refused
+    model = HybridNet(cnn=None, mag_net=encoder, head=BinnedPDFHead(in_features=4, n_bins=20, use_ebv=False))
+    assert model(None, mags=torch.zeros(2, 3)).shape == (2, 20)
+    with pytest.raises(ValueError, match="in_features=4"):
+        HybridNet(cnn=None, mag_net=encoder, head=BinnedPDFHead(in_features=5, n_bins=20))
 
 
 @pytest.mark.parametrize("name", IMAGE_MODELS)
@@ -493,7 +537,7 @@ def test_regression_sigma_does_not_train_the_shared_features() -> None:
     """The log-sigma output reads detached features: its gradient reaches only its own output row."""
     from zpix.models.heads import RegressionHead
 
-    head = RegressionHead(8, hidden=(16,))
+    head = RegressionHead(in_features=8, hidden=(16,))
     features = torch.randn(4, 8, requires_grad=True)
     head(features)[:, 1].sum().backward()
     assert features.grad is None or torch.count_nonzero(features.grad) == 0

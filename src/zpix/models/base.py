@@ -71,6 +71,14 @@ class PhotoZModel(nn.Module):
         return self.head.bin_centers()
 
 
+def check_head_fits(head: BinnedPDFHead | RegressionHead, n_features: int) -> None:
+    """Raise a clear error unless ``head`` reads ``n_features`` features (plus its E(B-V) column)."""
+    expected = n_features + int(head.use_ebv)
+    if head.mlp[0].in_features != expected:
+        raise ValueError(f"the head reads {head.mlp[0].in_features - int(head.use_ebv)} features but the parts "
+                         f"before it give {n_features}; build the head with in_features={n_features}")
+
+
 def check_images(images: Tensor | None, n_bands: int, image_size: int, model: str) -> Tensor:
     """Raise a clear error unless ``images`` is a (B, n_bands, image_size, image_size) tensor."""
     if images is None:

@@ -29,10 +29,10 @@ PASQUET2019_FC: tuple[int, ...] = (1096, 1096)
 class _FeatureHead(nn.Module):
     """Shared part: optional E(B-V) column concatenated to the features, then an MLP."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], n_out: int, use_ebv: bool) -> None:
+    def __init__(self, *, in_features: int, hidden: Sequence[int], n_out: int, use_ebv: bool) -> None:
         super().__init__()
         self.use_ebv = bool(use_ebv)
-        self.mlp = MLP(in_features + int(self.use_ebv), hidden, n_out)
+        self.mlp = MLP(in_features=in_features + int(self.use_ebv), widths=hidden, out_features=n_out)
 
     def _raw(self, features: Tensor, ebv: Tensor | None) -> Tensor:
         return self.mlp(self._with_ebv(features, ebv))
@@ -55,6 +55,7 @@ class BinnedPDFHead(_FeatureHead):
 
     def __init__(
         self,
+        *,
         in_features: int,
         n_bins: int = 180,
         z_min: float = 0.0,
@@ -64,7 +65,7 @@ class BinnedPDFHead(_FeatureHead):
     ) -> None:
         if n_bins < 2 or not z_max > z_min:
             raise ValueError(f"need n_bins >= 2 and z_max > z_min, got {n_bins}, [{z_min}, {z_max}]")
-        super().__init__(in_features, hidden, int(n_bins), use_ebv)
+        super().__init__(in_features=in_features, hidden=hidden, n_out=int(n_bins), use_ebv=use_ebv)
         self.n_bins, self.z_min, self.z_max = int(n_bins), float(z_min), float(z_max)
 
     def bin_centers(self) -> Tensor:
@@ -89,6 +90,7 @@ class RegressionHead(_FeatureHead):
 
     def __init__(
         self,
+        *,
         in_features: int,
         z_min: float = 0.0,
         z_max: float = 0.8,
@@ -97,7 +99,7 @@ class RegressionHead(_FeatureHead):
     ) -> None:
         if not z_max > z_min:
             raise ValueError(f"need z_max > z_min, got [{z_min}, {z_max}]")
-        super().__init__(in_features, hidden, 2, use_ebv)
+        super().__init__(in_features=in_features, hidden=hidden, n_out=2, use_ebv=use_ebv)
         self.z_min, self.z_max = float(z_min), float(z_max)
         half = (self.z_max - self.z_min) / 2
         self.register_buffer("_offset", torch.tensor([self.z_min + half, math.log(half)]), persistent=False)
@@ -119,8 +121,8 @@ class RegressionHead(_FeatureHead):
 
 def make_head(
     kind: str,
-    in_features: int,
     *,
+    in_features: int,
     n_bins: int,
     z_min: float,
     z_max: float,
@@ -129,7 +131,8 @@ def make_head(
 ) -> BinnedPDFHead | RegressionHead:
     """Build the head named ``kind`` ("pdf" or "regression")."""
     if kind == "pdf":
-        return BinnedPDFHead(in_features, n_bins, z_min, z_max, hidden, use_ebv)
+        return BinnedPDFHead(in_features=in_features, n_bins=n_bins, z_min=z_min, z_max=z_max, hidden=hidden,
+                             use_ebv=use_ebv)
     if kind == "regression":
-        return RegressionHead(in_features, z_min, z_max, hidden, use_ebv)
+        return RegressionHead(in_features=in_features, z_min=z_min, z_max=z_max, hidden=hidden, use_ebv=use_ebv)
     raise ValueError(f"head must be 'pdf' or 'regression', got {kind!r}")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zpix.models.base import PhotoZModel, check_images
-from zpix.models.heads import make_head
+from zpix.models.base import PhotoZModel, check_head_fits, check_images
+from zpix.models.heads import BinnedPDFHead, RegressionHead, make_head
 from zpix.models.inception import InceptionBackbone
 from zpix.models.layers import MLP
 from zpix.models.registry import register_model, register_variant
@@ -70,7 +70,7 @@ def magnitude_statistics(mags: Any, missing_threshold: float = 90.0) -> tuple[np
 class MagnitudeEncoder(nn.Module):
     """Dense branch: [standardised magnitudes with missing = 0, observed mask] -> MLP with ReLU."""
 
-    def __init__(self, n_mags: int, widths: Sequence[int], missing_threshold: float = 90.0) -> None:
+    def __init__(self, *, n_mags: int, widths: Sequence[int], missing_threshold: float = 90.0) -> None:
         super().__init__()
         if n_mags < 1:
             raise ValueError(f"n_mags must be >= 1, got {n_mags}")
@@ -78,7 +78,7 @@ class MagnitudeEncoder(nn.Module):
         self.missing_threshold = float(missing_threshold)
         self.register_buffer("mag_mean", torch.zeros(self.n_mags))
         self.register_buffer("mag_std", torch.ones(self.n_mags))
-        self.mlp = MLP(2 * self.n_mags, widths)
+        self.mlp = MLP(in_features=2 * self.n_mags, widths=widths)
         self.out_features = self.mlp.out_features
 
     def inputs(self, mags: Tensor) -> Tensor:
@@ -99,43 +99,26 @@ class MagnitudeEncoder(nn.Module):
 
 
 class HybridNet(PhotoZModel):
-    """CNN on images and/or dense network on magnitudes, concatenated, then a PDF or regression head."""
+    """CNN on images and/or dense network on magnitudes, concatenated, then a PDF or regression head.
+
+    ``cnn`` (an :class:`InceptionBackbone`) or ``mag_net`` (a :class:`MagnitudeEncoder`) may be None, not
+    both; ``head`` reads their features in that order (:data:`BRANCHES`).  The factory :func:`hybrid`
+    configures the parts.
+    """
 
     def __init__(
         self,
-        n_bands: int,
-        image_size: int,
-        n_mags: int,
-        use_images: bool,
-        use_mags: bool,
-        use_ebv: bool,
-        head: str,
-        n_bins: int,
-        z_min: float,
-        z_max: float,
-        stem_width: int,
-        modules: Sequence[Sequence[int]],
-        pool_after: Sequence[int],
-        final_pool_size: int | None,
-        mag_widths: Sequence[int],
-        head_widths: Sequence[int],
-        missing_threshold: float,
-        prelu: str,
+        *,
+        cnn: InceptionBackbone | None,
+        mag_net: MagnitudeEncoder | None,
+        head: BinnedPDFHead | RegressionHead,
     ) -> None:
         super().__init__()
-        if not (use_images or use_mags):
+        if cnn is None and mag_net is None:
             raise ValueError("a hybrid model needs at least one branch: use_images or use_mags must be True")
-        self.n_bands, self.image_size = int(n_bands), int(image_size)
-        self.cnn = (
-            InceptionBackbone(n_bands, image_size, stem_width, 5, modules, pool_after, final_pool_size, prelu)
-            if use_images
-            else None
-        )
-        self.mag_net = MagnitudeEncoder(n_mags, mag_widths, missing_threshold) if use_mags else None
-        n_features = (self.cnn.out_features if self.cnn else 0) + (self.mag_net.out_features if self.mag_net else 0)
-        self.head = make_head(
-            head, n_features, n_bins=n_bins, z_min=z_min, z_max=z_max, hidden=head_widths, use_ebv=use_ebv
-        )
+        n_features = (cnn.out_features if cnn else 0) + (mag_net.out_features if mag_net else 0)
+        check_head_fits(head, n_features)
+        self.cnn, self.mag_net, self.head = cnn, mag_net, head
 
     @property
     def use_images(self) -> bool:
@@ -230,7 +213,7 @@ class HybridNet(PhotoZModel):
     def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
         features = []
         if self.cnn is not None:
-            features.append(self.cnn(check_images(images, self.n_bands, self.image_size, "HybridNet")))
+            features.append(self.cnn(check_images(images, self.cnn.n_bands, self.cnn.image_size, "HybridNet")))
         if self.mag_net is not None:
             if mags is None:
                 raise ValueError("this model was built with use_mags=True and needs mags (B, n_mags) in forward()")
@@ -241,6 +224,7 @@ class HybridNet(PhotoZModel):
 
 @register_model("hybrid")
 def hybrid(
+    *,
     n_bands: int = 4,
     image_size: int = 36,
     n_mags: int = 9,
@@ -262,10 +246,17 @@ def hybrid(
 ) -> HybridNet:
     """KiDS-bright combined model (John William et al.): Inception CNN on ugri 36x36 cutouts + dense
     network on 9 magnitudes; ``head`` "regression" ((z, log sigma)) or "pdf" (``n_bins`` logits)."""
-    return HybridNet(
-        n_bands, image_size, n_mags, use_images, use_mags, use_ebv, head, n_bins, z_min, z_max, stem_width,
-        modules, pool_after, final_pool_size, mag_widths, head_widths, missing_threshold, prelu,
-    )  # fmt: skip
+    if not (use_images or use_mags):
+        raise ValueError("a hybrid model needs at least one branch: use_images or use_mags must be True")
+    cnn = InceptionBackbone(n_bands=n_bands, image_size=image_size, stem_width=stem_width, stem_kernel=5,
+                            modules=modules, pool_after=pool_after, final_pool_size=final_pool_size,
+                            prelu=prelu) if use_images else None
+    mag_net = (MagnitudeEncoder(n_mags=n_mags, widths=mag_widths, missing_threshold=missing_threshold)
+               if use_mags else None)
+    n_features = (cnn.out_features if cnn else 0) + (mag_net.out_features if mag_net else 0)
+    return HybridNet(cnn=cnn, mag_net=mag_net, head=make_head(head, in_features=n_features, n_bins=n_bins,
+                                                                z_min=z_min, z_max=z_max, hidden=head_widths,
+                                                                use_ebv=use_ebv))
 
 
 register_variant("hybrid-images", "hybrid", doc="The hybrid model's image branch alone.", use_mags=False)

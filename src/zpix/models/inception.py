@@ -48,7 +48,7 @@ def module_out_channels(spec: Sequence[int]) -> int:
 class InceptionModule(nn.Module):
     """One multi-scale block (Szegedy et al. 2015) in the layout of Pasquet et al. (2019), Table A.1."""
 
-    def __init__(self, in_channels: int, spec: Sequence[int], prelu: str = "channel", pool_kernel: int = 2):
+    def __init__(self, *, in_channels: int, spec: Sequence[int], prelu: str = "channel", pool_kernel: int = 2) -> None:
         super().__init__()
         if len(spec) != 4:
             raise ValueError(f"an inception module is [reduce, b1, b3, b5], got {list(spec)}")
@@ -58,9 +58,10 @@ class InceptionModule(nn.Module):
         self.has_5x5 = b5 > 0
         # Fused entry: [1x1 branch | reduction for 3x3 | reduction for 5x5 | 1x1 before the pool].
         self.splits = [b1, reduce] + ([reduce] if self.has_5x5 else []) + [reduce]
-        self.entry = ConvPReLU(in_channels, sum(self.splits), 1, prelu, out_segments=self.splits)
-        self.conv3 = ConvPReLU(reduce, b3, 3, prelu)
-        self.conv5 = ConvPReLU(reduce, b5, 5, prelu) if self.has_5x5 else None
+        self.entry = ConvPReLU(in_channels=in_channels, out_channels=sum(self.splits), kernel=1, prelu=prelu,
+                               out_segments=self.splits)
+        self.conv3 = ConvPReLU(in_channels=reduce, out_channels=b3, kernel=3, prelu=prelu)
+        self.conv5 = ConvPReLU(in_channels=reduce, out_channels=b5, kernel=5, prelu=prelu) if self.has_5x5 else None
         self.pool_kernel = int(pool_kernel)
         self.out_channels = module_out_channels(spec)
 
@@ -83,6 +84,7 @@ class ConvStem(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         width: int,
         image_size: int,
@@ -97,13 +99,14 @@ class ConvStem(nn.Module):
             raise ValueError(f"a stem needs at least one convolution, got n_convs={n_convs}")
         if width % groups or in_channels % groups:
             raise ValueError(f"stem width {width} and inputs {in_channels} must be divisible by {groups} groups")
-        layers: list[nn.Module] = [ConvPReLU(in_channels, width, kernel, prelu, groups=groups)]
+        layers: list[nn.Module] = [ConvPReLU(in_channels=in_channels, out_channels=width, kernel=kernel, prelu=prelu,
+                                             groups=groups)]
         size = int(image_size)
         if pool:
             layers.append(nn.AvgPool2d(2))
             size //= 2
         for _ in range(n_convs - 1):
-            layers.append(ConvPReLU(width, width, kernel, prelu, groups=groups))
+            layers.append(ConvPReLU(in_channels=width, out_channels=width, kernel=kernel, prelu=prelu, groups=groups))
         self.layers = nn.Sequential(*layers)
         self.out_channels = int(width)
         self.out_size = size
@@ -118,6 +121,7 @@ class InceptionTrunk(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         in_size: int,
         modules: Sequence[Sequence[int]],
@@ -131,7 +135,7 @@ class InceptionTrunk(nn.Module):
         layers: list[nn.Module] = []
         channels, size = int(in_channels), int(in_size)
         for i, spec in enumerate(modules):
-            block = InceptionModule(channels, spec, prelu)
+            block = InceptionModule(in_channels=channels, spec=spec, prelu=prelu)
             layers.append(block)
             channels = block.out_channels
             if i in {int(p) for p in pool_after}:
@@ -175,6 +179,7 @@ class InceptionBackbone(nn.Module):
 
     def __init__(
         self,
+        *,
         n_bands: int = 5,
         image_size: int = 64,
         stem_width: int = 64,
@@ -188,8 +193,10 @@ class InceptionBackbone(nn.Module):
         if n_bands < 1 or image_size < 2:
             raise ValueError(f"need n_bands >= 1 and image_size >= 2, got {n_bands}, {image_size}")
         self.n_bands, self.image_size = int(n_bands), int(image_size)
-        self.stem = ConvStem(n_bands, stem_width, image_size, stem_kernel, prelu=prelu)
-        self.trunk = InceptionTrunk(stem_width, self.stem.out_size, modules, pool_after, prelu)
+        self.stem = ConvStem(in_channels=n_bands, width=stem_width, image_size=image_size, kernel=stem_kernel,
+                             prelu=prelu)
+        self.trunk = InceptionTrunk(in_channels=stem_width, in_size=self.stem.out_size, modules=modules,
+                                    pool_after=pool_after, prelu=prelu)
         self.final_pool, size = final_pool(self.trunk.out_size, final_pool_size)
         self.out_features = self.trunk.out_channels * size * size
 

@@ -31,7 +31,7 @@ class PReLU2d(nn.Module):
     the separate layers it replaces.
     """
 
-    def __init__(self, segments: Sequence[int], mode: str = "channel", init: float = 0.25) -> None:
+    def __init__(self, *, segments: Sequence[int], mode: str = "channel", init: float = 0.25) -> None:
         super().__init__()
         if mode not in PRELU_MODES:
             raise ValueError(f"prelu mode must be one of {PRELU_MODES}, got {mode!r}")
@@ -58,6 +58,7 @@ class ConvPReLU(nn.Module):
 
     def __init__(
         self,
+        *,
         in_channels: int,
         out_channels: int,
         kernel: int,
@@ -72,7 +73,7 @@ class ConvPReLU(nn.Module):
         if sum(segments) != out_channels:
             raise ValueError(f"segments {segments} do not add up to {out_channels} channels")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, groups=groups)
-        self.act = PReLU2d(segments, prelu)
+        self.act = PReLU2d(segments=segments, mode=prelu)
         # He et al. (2015) initialisation, derived for (P)ReLU networks without batch-norm: keeps the
         # activation variance constant through depth, with the negative slope at its initial 0.25.
         nn.init.kaiming_normal_(self.conv.weight, a=0.25, mode="fan_in", nonlinearity="leaky_relu")
@@ -100,7 +101,7 @@ def avg_pool_same(x: Tensor, kernel: int) -> Tensor:
 class MLP(nn.Sequential):
     """Fully connected layers with ReLU after each hidden layer and none after the last one."""
 
-    def __init__(self, in_features: int, widths: Sequence[int], out_features: int | None = None) -> None:
+    def __init__(self, *, in_features: int, widths: Sequence[int], out_features: int | None = None) -> None:
         layers: list[nn.Module] = []
         n = in_features
         for w in widths:

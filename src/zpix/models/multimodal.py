@@ -80,6 +80,7 @@ class MultimodalNet(PhotoZModel):
 
     def __init__(
         self,
+        *,
         n_bands: int,
         image_size: int,
         n_bins: int,
@@ -115,18 +116,20 @@ class MultimodalNet(PhotoZModel):
         self.register_buffer("band_index", torch.tensor([b for m in modalities for b in m]), persistent=False)
         self.modality_width = int(width_per_band) * len(modalities[0])
         self.stems = ConvStem(
-            len(self.band_index),
-            self.n_modalities * self.modality_width,
-            image_size,
-            stem_kernel,
+            in_channels=len(self.band_index),
+            width=self.n_modalities * self.modality_width,
+            image_size=image_size,
+            kernel=stem_kernel,
             n_convs=parallel_convs,
             groups=self.n_modalities,
             prelu=prelu,
         )
-        self.trunk = InceptionTrunk(self.stems.out_channels, self.stems.out_size, modules, pool_after, prelu)
+        self.trunk = InceptionTrunk(in_channels=self.stems.out_channels, in_size=self.stems.out_size,
+                                    modules=modules, pool_after=pool_after, prelu=prelu)
         self.final_pool, size = final_pool(self.trunk.out_size, final_pool_size)
         self.out_features = self.trunk.out_channels * size * size
-        self.head = BinnedPDFHead(self.out_features, n_bins, z_min, z_max, fc_widths, use_ebv)
+        self.head = BinnedPDFHead(in_features=self.out_features, n_bins=n_bins, z_min=z_min, z_max=z_max,
+                                  hidden=fc_widths, use_ebv=use_ebv)
         self.register_buffer("modality_mask", torch.ones(self.n_modalities, dtype=torch.bool), persistent=False)
 
     def set_modality_mask(self, keep: Sequence[bool] | None) -> None:
@@ -170,6 +173,7 @@ class MultimodalNet(PhotoZModel):
 
 @register_model("multimodal")
 def multimodal(
+    *,
     n_bands: int = 5,
     image_size: int = 64,
     n_bins: int = 180,
@@ -199,9 +203,11 @@ def multimodal(
     if modalities is None:
         modalities = modality_bands(n_bands, modality_size, modality_order)
     return MultimodalNet(
-        n_bands, image_size, n_bins, z_min, z_max, use_ebv, modalities, width_per_band, parallel_convs,
-        stem_kernel, modules, pool_after, final_pool_size, fc_widths, modality_dropout, prelu,
-    )  # fmt: skip
+        n_bands=n_bands, image_size=image_size, n_bins=n_bins, z_min=z_min, z_max=z_max, use_ebv=use_ebv,
+        modalities=modalities, width_per_band=width_per_band, parallel_convs=parallel_convs,
+        stem_kernel=stem_kernel, modules=modules, pool_after=pool_after, final_pool_size=final_pool_size,
+        fc_widths=fc_widths, modality_dropout=modality_dropout, prelu=prelu,
+    )
 
 
 register_variant(

@@ -20,36 +20,21 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from zpix.models.base import PhotoZModel, check_images
+from zpix.models.base import PhotoZModel, check_head_fits, check_images
 from zpix.models.heads import PASQUET2019_FC, BinnedPDFHead
 from zpix.models.inception import PASQUET2019_MODULES, PASQUET2019_POOL_AFTER, InceptionBackbone
 from zpix.models.registry import register_model, register_variant
 
 
 class InceptionPDFNet(PhotoZModel):
-    """Inception backbone on the image cube + binned-PDF head (optionally fed E(B-V))."""
+    """Inception backbone on the image cube + binned-PDF head (optionally fed E(B-V)); the factories below
+    configure the two parts."""
 
-    def __init__(
-        self,
-        n_bands: int,
-        image_size: int,
-        n_bins: int,
-        z_min: float,
-        z_max: float,
-        use_ebv: bool,
-        stem_width: int,
-        stem_kernel: int,
-        modules: Sequence[Sequence[int]],
-        pool_after: Sequence[int],
-        final_pool_size: int | None,
-        fc_widths: Sequence[int],
-        prelu: str,
-    ) -> None:
+    def __init__(self, *, backbone: InceptionBackbone, head: BinnedPDFHead) -> None:
         super().__init__()
-        self.backbone = InceptionBackbone(
-            n_bands, image_size, stem_width, stem_kernel, modules, pool_after, final_pool_size, prelu
-        )
-        self.head = BinnedPDFHead(self.backbone.out_features, n_bins, z_min, z_max, fc_widths, use_ebv)
+        check_head_fits(head, backbone.out_features)
+        self.backbone = backbone
+        self.head = head
 
     def forward(self, images: Tensor | None, ebv: Tensor | None = None, mags: Tensor | None = None) -> Tensor:
         images = check_images(images, self.backbone.n_bands, self.backbone.image_size, type(self).__name__)
@@ -58,6 +43,7 @@ class InceptionPDFNet(PhotoZModel):
 
 @register_model("pasquet2019")
 def pasquet2019(
+    *,
     n_bands: int = 5,
     image_size: int = 64,
     n_bins: int = 180,
@@ -79,10 +65,12 @@ def pasquet2019(
     optional adaptive average pool before the flatten (None in the paper), ``prelu`` "channel" (one
     slope per feature map, He et al. 2015's default) or "shared" (one slope per layer).
     """
-    return InceptionPDFNet(
-        n_bands, image_size, n_bins, z_min, z_max, use_ebv, stem_width, stem_kernel,
-        modules, pool_after, final_pool_size, fc_widths, prelu,
-    )  # fmt: skip
+    backbone = InceptionBackbone(n_bands=n_bands, image_size=image_size, stem_width=stem_width,
+                                 stem_kernel=stem_kernel, modules=modules, pool_after=pool_after,
+                                 final_pool_size=final_pool_size, prelu=prelu)
+    head = BinnedPDFHead(in_features=backbone.out_features, n_bins=n_bins, z_min=z_min, z_max=z_max,
+                         hidden=fc_widths, use_ebv=use_ebv)
+    return InceptionPDFNet(backbone=backbone, head=head)
 
 
 #: Reduced layout: 32x32 after the stem, 16x16 after module 1, 8x8 after module 2, pooled to 4x4.

@@ -1,8 +1,10 @@
 """A timm-style model registry.
 
-A factory is a plain function whose keyword arguments (all with defaults) are the model's
-configuration.  ``@register_model("name")`` records it; ``create_model(name, **overrides)`` resolves
-the overrides against the factory's signature, builds the model and stamps it with
+A factory is a plain function whose keyword-only arguments (all with defaults) are the model's
+configuration, ``def factory(*, n_bands=5, ...)``; the classes it builds take keyword-only arguments
+too, so no option is ever passed by position.  ``@register_model("name")`` records it;
+``create_model(name, **overrides)`` resolves the overrides against the factory's signature, builds the
+model and stamps it with
 
 * ``model.zpix_name``   -- the registered name,
 * ``model.zpix_config`` -- every keyword argument after defaults were applied, converted to plain
@@ -29,7 +31,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 def register_model(name: str) -> Callable[[F], F]:
     """Decorator registering ``factory`` under ``name``.
 
-    Every parameter of the factory must be keyword-able and have a default: the defaults are the
+    Every parameter of the factory must be keyword-only and have a default: the defaults are the
     model's reference configuration ("default configs beside the model", as in timm).
     """
 
@@ -37,10 +39,11 @@ def register_model(name: str) -> Callable[[F], F]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered")
         for p in inspect.signature(factory).parameters.values():
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
-                raise TypeError(f"factory for {name!r}: parameter {p.name!r} must be an ordinary keyword")
-            if p.default is inspect.Parameter.empty:
+            if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
                 raise TypeError(f"factory for {name!r}: parameter {p.name!r} needs a default value")
+            if p.kind is not p.KEYWORD_ONLY:
+                raise TypeError(f"factory for {name!r}: parameter {p.name!r} must be keyword-only "
+                                "(def factory(*, option=default, ...))")
         _REGISTRY[name] = factory
         return factory
 

@@ -67,20 +67,18 @@ def build_module(cfg: TrainConfig, n_bands: int | None = None, image_size: int |
     probe = create_model(cfg.model, **model_config)
     if probe.output_kind == "pdf":
         model_config.setdefault("n_bins", cfg.n_bins)
+    options: dict[str, Any] = {
+        "model_name": cfg.model, "model_config": model_config, "grid": cfg.grid.to_dict(), "loss": cfg.loss,
+        "huber_delta": cfg.huber_delta, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "augment": cfg.augment,
+        "channels_last": cfg.channels_last, "lr_schedule": cfg.lr_schedule, "lr_factor": cfg.lr_factor,
+        "lr_patience": cfg.lr_patience, "compile": cfg.compile}
     if cfg.target_cubes:  # adversarial domain adaptation to an unlabelled target field
         from zpix.training.domain import DomainAdaptationModule
 
-        module = DomainAdaptationModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss,
-                                        huber_delta=cfg.huber_delta, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        augment=cfg.augment, channels_last=cfg.channels_last,
-                                        lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
-                                        lr_patience=cfg.lr_patience, compile=cfg.compile)
+        module = DomainAdaptationModule(**options)
         module.attach_domain(cfg.domain, cfg.target_cubes)
         return module
-    return PhotoZModule(cfg.model, model_config, cfg.grid.to_dict(), loss=cfg.loss, huber_delta=cfg.huber_delta,
-                        lr=cfg.lr, weight_decay=cfg.weight_decay, augment=cfg.augment,
-                        channels_last=cfg.channels_last, lr_schedule=cfg.lr_schedule, lr_factor=cfg.lr_factor,
-                        lr_patience=cfg.lr_patience, compile=cfg.compile)
+    return PhotoZModule(**options)
 
 
 def warm_start(module: PhotoZModule, sources: list[str], member: int) -> list[str]:

@@ -54,6 +54,7 @@ class PhotoZModule(L.LightningModule):
 
     def __init__(
         self,
+        *,
         model_name: str,
         model_config: dict[str, Any],
         grid: dict[str, Any],
