@@ -206,3 +206,21 @@ def test_baseline_cli_knn(tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, ["baseline", "knn", "--train", str(train), "--test", str(test),
                                     "--out", str(out)])
     assert bad.exit_code != 0 and "already exists" in bad.output
+
+
+def test_baseline_cli_magnet(tmp_path: Path) -> None:
+    """`zpix baseline magnet` is a thin wrapper: the training stage fits, the saved model predicts the same PDFs."""
+    train = _write_parquet(synthetic_catalogue(300, 0), tmp_path / "train.parquet")
+    test_table = synthetic_catalogue(50, 1)
+    test = _write_parquet(test_table, tmp_path / "test.parquet")
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(main, ["baseline", "magnet", "--train", str(train), "--test", str(test),
+                                       "--out", str(out), "--max-epochs", "2", "--seed", "5",
+                                       "--model-out", str(tmp_path / "m.ckpt")])
+    assert result.exit_code == 0, result.output
+    pred = read_predictions(out)
+    meta = pred.meta["meta"]
+    assert pred.method == "magnet" and len(pred) == 50 and meta["model_name"] == "hybrid-mags"
+    assert meta["epochs"] == 2 and meta["config"]["seed"] == 5
+    again = MagNet.load(tmp_path / "m.ckpt").predict(load_magnitudes(test))
+    np.testing.assert_allclose(again, pred.pdfs, atol=1e-6)  # the directory stores float64 densities
