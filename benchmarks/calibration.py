@@ -7,25 +7,31 @@ coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method
 * ``cnn_mock`` — a trained image run (default the shared ``pasquet2019-small`` on the 28k SDSS-like mock,
   ``runs/bench/p19s_20k``): the calibration is fitted on the run's validation rows, scored on its test rows;
 * ``knn_mgs`` and ``magnet_mgs`` — the k-NN and magnitude-network baselines on the real SDSS MGS
-  catalogue (``../shared``; skipped where absent), trained on 80% of SDSS_MGS.train, calibrated on the
-  other 20% (seeded draw), scored on SDSS_MGS.test;
+  catalogue (``../shared``; skipped where absent), trained on 60% of SDSS_MGS.train, calibrated on the
+  other 40% (2000 objects, seeded draw: ``auto`` fits no map on fewer than MIN_AUTO = 2000), scored on
+  SDSS_MGS.test;
 * ``kids_regression`` — the KiDS hybrid's regression head, magnitudes branch only (``hybrid-mags``), trained
-  with the kids_hybrid preset's 70/15/15 split on a KiDS mock (``--kids-cubes``; skipped where absent).
+  on a KiDS mock with the kids_hybrid preset's 15% test rows and 30% of the rest as validation rows
+  (``--kids-val-fraction``: ≥ 2000 validation objects; ``--kids-cubes``; skipped where absent).
 
 ``flags``: on the mock's test rows, the ROC AUC of each score for |Δz| > 0.05 (Δz = (z_mean − z_spec)/(1 +
 z_spec), after calibration) and η after removing the 5/10/20% worst-flagged (``quality``) objects versus
 the 5/10/20% widest PDFs (width68).  ``pit_hist``: 20-bin PIT densities before/after per run.
+``cnn_mock.small_fit``: the CNN calibrated from 5 draws of 320 of its validation rows (the demo's size).
+``noise_vs_n``: synthetic PDFs, calibrated and mis-calibrated, fitted on n = 100 ... 4000 objects and scored
+on 20,000 new ones: the fitted map's own noise against n, from which MIN_AUTO was chosen.
 
-Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as two processes, then
-joined (the CNN run is a copy of the shared runs/bench/p19s_20k, stopped after 2 epochs)::
+Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as locked parts, then
+joined (the CNN run is the shared runs/bench/p19s_20k, 15 epochs)::
 
-    B="python benchmarks/calibration.py --run /work/main/runs/calib/p19s_20k_ep2 --cubes runs/bench/mock_sdss.h5"
-    $B --cases cnn_mock --n-features 4000 --out part_cnn.json
-    $B --cases knn_mgs,magnet_mgs,kids_regression --kids-cubes runs/calib/kids6k.h5 --out part_other.json
-    python benchmarks/calibration.py --merge part_cnn.json --merge part_other.json   # -> results/calibration.json
+    B="python benchmarks/calibration.py --run /work/main/runs/bench/p19s_20k --cubes /work/main/runs/bench/mock_sdss.h5"
+    $B --cases noise_vs_n --out part_noise.json
+    $B --cases cnn_mock --out part_cnn.json
+    $B --cases knn_mgs,magnet_mgs,kids_regression --kids-cubes /work/main/runs/calib/kids8k.h5 --out part_other.json
+    python benchmarks/calibration.py --merge part_noise.json --merge part_cnn.json --merge part_other.json
     python benchmarks/calibration.py --render-docs                                   # docs/calibration.md + figure
 
-with the KiDS mock from ``zpix simulate --survey kids --n 6000 --seed 7 --out runs/calib/kids6k.h5``.
+with the KiDS mock from ``zpix simulate --survey kids --n 8000 --seed 7 --out runs/calib/kids8k.h5``.
 """
 
 from __future__ import annotations
@@ -86,7 +92,7 @@ def calibrate_case(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, tes
         res["params"] = [s.to_dict()["params"] for s in chain.steps
                          if s.calibrator.name in ("temperature", "student-t")]
         if name == "auto":
-            res["cv_pit_ks"] = chain.steps[0].fitted_on["auto"]["cv_pit_ks"]
+            res["auto"] = chain.notes["auto"]
         entry["variants"][name] = res
         fitted[name] = (chain, after)
         if name == DEFAULT_CHAIN:
@@ -99,6 +105,25 @@ def calibrate_case(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, tes
                        "crps_not_worse": a["crps"] <= b["crps"]}
     entry["pit_hist"] = hist
     return entry, fitted
+
+
+def small_fit_block(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, test_z: np.ndarray, grid: Any, n: int,
+                    repeats: int, seed: int) -> dict[str, Any]:
+    """``repeats`` draws of ``n`` of the fitting rows (a small validation set, e.g. the demo's 320): the PIT map
+    and ``auto`` fitted on each draw, scored on all the test rows (identity = the uncalibrated PDFs)."""
+    from zpix.calibration import fit_calibration
+
+    out: dict[str, Any] = {"n": n, "repeats": repeats, "identity": block(test_p, test_z, grid), "draws": {}}
+    for method in ("pit", "auto"):
+        draws = []
+        for r in range(repeats):
+            pick = np.random.default_rng([seed, r]).choice(len(val_z), size=n, replace=False)
+            chain = fit_calibration(val_p[pick], val_z[pick], grid, [method])
+            m = block(chain(test_p) if chain else test_p, test_z, grid)
+            draws.append({k: m[k] for k in ("pit_ks", "coverage68", "crps", "sigma_mad")} |
+                         {"steps": [st.calibrator.name for st in chain.steps]})
+        out["draws"][method] = draws
+    return out
 
 
 def flags_block(val: dict[str, Any], test: dict[str, Any], ref: dict[str, Any], chain: Any, grid: Any,
@@ -160,6 +185,9 @@ def run_cnn(run: Path, cubes: Path, n_features: int, seed: int, batch_size: int)
     entry.update({"run": str(run), "cubes": str(cubes), "n_train": int(len(split.train)), "members": len(members),
                   "model": members[0].hparams.model_name, "infer_s": round(infer_s, 1),
                   "fit_rows": "run split.npz val", "test_rows": "run split.npz test"})
+    # the demo's situation on this model: a validation set of 320 objects
+    entry["small_fit"] = small_fit_block(val["probs"], val["z_spec"], test["probs"], test["z_spec"], grid, 320, 5,
+                                         seed)
     flags = flags_block(val, test, ref, fitted[DEFAULT_CHAIN][0], grid, seed)
     flags["n_train_features"] = int(len(pick))
     return entry, flags
@@ -194,6 +222,82 @@ def run_mgs(method: str, seed: int, val_fraction: float) -> dict[str, Any]:
     return entry
 
 
+#: Synthetic populations of the noise-vs-N study: Gaussian PDFs of width w x the true scatter 0.015
+#: (w < 1 over-confident), residuals Gaussian or Student-t with 3 degrees of freedom (a regression head).
+POPULATIONS = {"calibrated": (1.0, False), "over-confident x0.9": (0.9, False), "over-confident x0.7": (0.7, False),
+               "t3 residuals": (1.0, True)}
+NOISE_SIZES = (100, 200, 320, 500, 1000, 2000, 4000)
+#: sizes at which ``auto`` (cross-validation: slower) is run on every population; the PIT map runs at all
+AUTO_SIZES = (200, 320, 500, 1000, 2000)
+
+
+def synthetic_pdfs(n: int, width: float, tails: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n Gaussian PDFs on the 180-bin [0, 0.4] grid, width ``width`` x the true scatter (0.015), z_spec."""
+    from zpix.pdf import RedshiftGrid, gaussian_pdfs
+
+    z = rng.uniform(0.05, 0.35, n)
+    err = rng.standard_t(3, n) * 0.015 / np.sqrt(3) if tails else rng.normal(0, 0.015, n)
+    return gaussian_pdfs(z + err, 0.015 * width, RedshiftGrid(180, 0.0, 0.4)), z
+
+
+def noise_vs_n(sizes: tuple[int, ...], auto_sizes: tuple[int, ...], repeats: int, n_test: int, seed: int
+               ) -> dict[str, Any]:
+    """How a calibration fitted on n objects does on a large test set, against n.
+
+    For each population and n, ``repeats`` independent fitting sets are drawn; the PIT map (``pit``; on the
+    calibrated population only: its spread there is the map's own noise) and, at ``auto_sizes``, ``auto`` are
+    fitted on each and scored on the same ``n_test`` new objects (large, so that the spread
+    over draws is the fitted map's own noise, not the test set's).  Reported per n: the identity's test
+    metrics, and for each method the mean and 90th percentile over draws of the test PIT KS and
+    |coverage68 − 0.683|, the mean and worst relative CRPS change, and (auto) how often it kept the identity;
+    ``auto-no-floor`` is auto's rule without the MIN_AUTO floor (what it would do on fewer objects).
+    """
+    from zpix.calibration import fit_calibration
+    from zpix.calibration.fit import MIN_AUTO, select_chain
+    from zpix.pdf import RedshiftGrid
+
+    grid = RedshiftGrid(180, 0.0, 0.4)
+    out: dict[str, Any] = {"min_auto": MIN_AUTO, "sizes": list(sizes), "auto_sizes": list(auto_sizes),
+                           "repeats": repeats, "n_test": n_test, "populations": {}}
+    for p_i, (pop, (width, tails)) in enumerate(POPULATIONS.items()):
+        rng = np.random.default_rng([seed, p_i])
+        test_p, test_z = synthetic_pdfs(n_test, width, tails, rng)
+        ident = block(test_p, test_z, grid)
+        res: dict[str, Any] = {"width": width, "t3_tails": tails, "identity": ident, "by_n": {}}
+        for n in sorted(set(sizes) | set(auto_sizes)):
+            methods = (["pit"] if pop == "calibrated" and n in sizes else []) + \
+                (["auto"] if n in auto_sizes else []) + (["auto-no-floor"] if n in auto_sizes and n < MIN_AUTO else [])
+            if not methods:
+                continue
+            rows: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+            for _ in range(repeats):
+                fit_p, fit_z = synthetic_pdfs(n, width, tails, rng)
+                for method in rows:
+                    if method == "auto-no-floor":  # the same rule as auto on n < MIN_AUTO objects
+                        chain = fit_calibration(fit_p, fit_z, grid, select_chain(fit_p, fit_z, grid, min_n=0)[0])
+                    else:
+                        chain = fit_calibration(fit_p, fit_z, grid, [method])
+                    m = block(chain(test_p), test_z, grid) if chain else dict(ident)
+                    m["kept_identity"] = float(not chain)
+                    rows[method].append(m)
+            agg = {}
+            for method, ms in rows.items():
+                ks = np.array([m["pit_ks"] for m in ms])
+                cov = np.abs(np.array([m["coverage68"] for m in ms]) - 0.683)
+                dcrps = np.array([m["crps"] for m in ms]) / ident["crps"] - 1
+                agg[method] = {"pit_ks_mean": float(ks.mean()), "pit_ks_p90": float(np.quantile(ks, 0.9)),
+                               "cov68_err_mean": float(cov.mean()), "cov68_err_p90": float(np.quantile(cov, 0.9)),
+                               "crps_change_mean": float(dcrps.mean()), "crps_change_max": float(dcrps.max()),
+                               "kept_identity": float(np.mean([m["kept_identity"] for m in ms]))}
+            res["by_n"][str(n)] = agg
+            print(f"[noise_vs_n] {pop} n={n}: " + "  ".join(
+                f"{k}: KS {v['pit_ks_mean']:.4f}/{v['pit_ks_p90']:.4f} cov {v['cov68_err_mean']:.4f}/"
+                f"{v['cov68_err_p90']:.4f} crps {v['crps_change_mean']:+.4f}/{v['crps_change_max']:+.4f} "
+                f"id {v['kept_identity']:.2f}" for k, v in agg.items()), flush=True)
+        out["populations"][pop] = res
+    return out
+
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "calibration.md"
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "calibration_pit.png"
 START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
@@ -207,7 +311,7 @@ def render(doc: dict[str, Any]) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for case, r in doc["runs"].items():
         b, a = r["before"], r["after"]
-        chosen = "+".join(r["variants"][DEFAULT_CHAIN]["steps"])
+        chosen = "+".join(r["variants"][DEFAULT_CHAIN]["steps"]) or "none (identity)"
         out.append(f"| {case} | {r['n_fit']:,} / {r['n_test']:,} | {chosen} "
                    f"| {b['pit_ks']:.4f} → **{a['pit_ks']:.4f}** | {b['coverage68']:.3f} → **{a['coverage68']:.3f}** "
                    f"| {b['coverage95']:.3f} → {a['coverage95']:.3f} | {b['crps']:.5f} → {a['crps']:.5f} "
@@ -236,7 +340,60 @@ def render(doc: dict[str, Any]) -> str:
             out.append(f"| {k}% | {100 * w['eta']:.2f}% | {100 * d['eta']:.2f}% | {w['sigma_mad']:.5f} "
                        f"| {d['sigma_mad']:.5f} |")
     out += ["", "![PIT histograms before and after calibration](figures/calibration_pit.png)"]
+    out += render_noise(doc)
     return "\n".join(out)
+
+
+def render_noise(doc: dict[str, Any]) -> list[str]:
+    """The small-validation-set draws of the CNN and the noise-vs-n study (how MIN_AUTO was chosen)."""
+    out: list[str] = []
+    small = doc.get("runs", {}).get("cnn_mock", {}).get("small_fit")
+    if small:
+        i = small["identity"]
+        out += ["", f"The CNN with a demo-sized validation set: {small['repeats']} draws of {small['n']} of its "
+                f"validation rows, each calibration scored on all {i['n']:,} test rows (uncalibrated: PIT KS "
+                f"{i['pit_ks']:.4f}, coverage68 {i['coverage68']:.3f}, CRPS {i['crps']:.5f}):", "",
+                "| fitted | chains | PIT KS | coverage68 | CRPS |", "|---|---|---|---|---|"]
+        for method, draws in small["draws"].items():
+            chains = sorted({"+".join(d["steps"]) or "none" for d in draws})
+            rng = {k: (min(d[k] for d in draws), max(d[k] for d in draws)) for k in ("pit_ks", "coverage68", "crps")}
+            out.append(f"| {method} | {', '.join(chains)} | {rng['pit_ks'][0]:.4f}–{rng['pit_ks'][1]:.4f} "
+                       f"| {rng['coverage68'][0]:.3f}–{rng['coverage68'][1]:.3f} "
+                       f"| {rng['crps'][0]:.5f}–{rng['crps'][1]:.5f} |")
+    nv = doc.get("noise_vs_n")
+    if not nv:
+        return out
+    pops = nv["populations"]
+    cal = pops["calibrated"]
+    out += ["", f"<a id=\"noise-vs-n\"></a>How many validation objects (`noise_vs_n`): synthetic Gaussian PDFs, "
+            f"{nv['repeats']} fitting sets per n, each calibration scored on the same {nv['n_test']:,} new objects "
+            "(mean / 90th percentile over the fitting sets; MIN_AUTO = "
+            f"{nv['min_auto']:,}). A PIT map fitted on PDFs that are calibrated already (uncalibrated there: PIT KS "
+            f"{cal['identity']['pit_ks']:.4f}, coverage68 {cal['identity']['coverage68']:.3f}) shows the map's own "
+            "noise:", "", "| n fitted | PIT KS | \\|coverage68 − 0.683\\| | CRPS change (mean / worst) |",
+            "|---|---|---|---|"]
+    for n, r in cal["by_n"].items():
+        if "pit" in r:
+            m = r["pit"]
+            out.append(f"| {int(n):,} | {m['pit_ks_mean']:.4f} / {m['pit_ks_p90']:.4f} | {m['cov68_err_mean']:.4f} / "
+                       f"{m['cov68_err_p90']:.4f} | {100 * m['crps_change_mean']:+.2f}% / "
+                       f"{100 * m['crps_change_max']:+.2f}% |")
+    out += ["", "`auto` on each population (kept: the fraction of fitting sets on which it kept the identity; "
+            "below MIN_AUTO, `auto` keeps it always and the \"rule alone\" columns show what the cross-validated "
+            "rule would have done there):", "",
+            "| population (uncalibrated PIT KS, coverage68) | n | kept | PIT KS | \\|cov68 − 0.683\\| | CRPS change "
+            "| rule alone: kept, PIT KS, \\|cov68 − 0.683\\| (p90) |", "|---|---|---|---|---|---|---|"]
+    for pop, res in pops.items():
+        i = res["identity"]
+        for n, r in res["by_n"].items():
+            if "auto" not in r:
+                continue
+            a, nf = r["auto"], r.get("auto-no-floor")
+            alone = (f"{nf['kept_identity']:.0%}, {nf['pit_ks_p90']:.4f}, {nf['cov68_err_p90']:.4f}" if nf else "")
+            out.append(f"| {pop} ({i['pit_ks']:.3f}, {i['coverage68']:.3f}) | {int(n):,} | {a['kept_identity']:.0%} "
+                       f"| {a['pit_ks_mean']:.4f} / {a['pit_ks_p90']:.4f} | {a['cov68_err_mean']:.4f} / "
+                       f"{a['cov68_err_p90']:.4f} | {100 * a['crps_change_mean']:+.2f}% | {alone} |")
+    return out
 
 
 def pit_figure(doc: dict[str, Any], path: Path) -> Path:
@@ -279,10 +436,11 @@ def render_docs(results: Path) -> None:
     print(f"updated {DOCS} and {FIGURE}")
 
 
-def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_size: int) -> dict[str, Any]:
+def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_size: int, val_fraction: float
+                        ) -> dict[str, Any]:
     """The KiDS hybrid's regression head (Gaussian N(z, σ) from Huber + Gaussian NLL), magnitudes branch only
     (``hybrid-mags``: seconds per epoch on a CPU), trained with the kids_hybrid preset's split on a KiDS mock;
-    calibrated on its validation rows, scored on its test rows."""
+    calibrated on its validation rows (``val_fraction`` of the non-test rows), scored on its test rows."""
     import shutil
     from dataclasses import replace
 
@@ -299,7 +457,7 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
         shutil.rmtree(run)  # this script's own work directory, rebuilt each time
     cfg = replace(TrainConfig.from_yaml("kids_hybrid"), cubes=str(cubes), out=str(run), model="hybrid-mags",
                   model_args={"head": "regression"}, max_epochs=epochs, seed=seed, progress=False, num_workers=0,
-                  calibrate=[], accelerator="cpu", devices=1)
+                  calibrate=[], accelerator="cpu", devices=1, val_fraction=val_fraction)
     t0 = time.perf_counter()
     result = zpix.train(cfg)
     train_s = time.perf_counter() - t0
@@ -310,6 +468,7 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
     entry, _ = calibrate_case(val["probs"], val["z_spec"], test["probs"], test["z_spec"], val["grid"], CHAINS)
     entry.update({"cubes": str(cubes), "model": "hybrid-mags, head: regression (kids_hybrid preset)",
                   "n_train": int(len(result.split.train)), "epochs": epochs, "train_s": round(train_s, 1),
+                  "val_fraction": val_fraction,
                   "fit_rows": "run split val", "test_rows": "run split test"})
     return entry
 
@@ -319,13 +478,17 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
               show_default=True, help="Trained image run (config.yaml, split.npz, member_*/best.ckpt).")
 @click.option("--cubes", type=click.Path(exists=True, dir_okay=False), default="runs/bench/mock_sdss.h5",
               show_default=True)
-@click.option("--cases", default="cnn_mock,knn_mgs,magnet_mgs,kids_regression", show_default=True)
+@click.option("--cases", default="cnn_mock,knn_mgs,magnet_mgs,kids_regression,noise_vs_n", show_default=True)
+@click.option("--noise-repeats", default=5, show_default=True, help="noise_vs_n: fitting sets drawn per size.")
 @click.option("--n-features", default=5000, show_default=True, help="Training rows whose features are stored.")
-@click.option("--val-fraction", default=0.2, show_default=True, help="MGS: part of the training file for fitting.")
+@click.option("--val-fraction", default=0.4, show_default=True,
+              help="MGS: part of the training file for fitting (0.4: 2000 objects, auto's MIN_AUTO).")
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--kids-cubes", type=click.Path(dir_okay=False), default="runs/calib/kids6k.h5", show_default=True,
+@click.option("--kids-cubes", type=click.Path(dir_okay=False), default="runs/calib/kids8k.h5", show_default=True,
               help="KiDS mock (zpix simulate --survey kids) for the kids_regression case.")
 @click.option("--kids-epochs", default=20, show_default=True)
+@click.option("--kids-val-fraction", default=0.3, show_default=True,
+              help="KiDS: validation part of the non-test rows (the preset's 0.176 leaves < MIN_AUTO on 8000).")
 @click.option("--work", type=click.Path(file_okay=False), default="runs/calib/work", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=str(RESULTS / "calibration.json"), show_default=True)
@@ -333,9 +496,9 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
               "from --out.")
 @click.option("--merge", "merge_parts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Only combine the runs of several partial results files (cases run in parallel) into --out.")
-def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: float, batch_size: int,
-         kids_cubes: str, kids_epochs: int, work: str, seed: int, out: str, render_docs: bool,
-         merge_parts: tuple[str, ...]) -> None:
+def main(run_dir: str, cubes: str, cases: str, noise_repeats: int, n_features: int, val_fraction: float,
+         batch_size: int, kids_cubes: str, kids_epochs: int, kids_val_fraction: float, work: str, seed: int, out: str,
+         render_docs: bool, merge_parts: tuple[str, ...]) -> None:
     """Write benchmarks/results/calibration.json."""
     if render_docs:
         globals()["render_docs"](Path(out))
@@ -348,7 +511,7 @@ def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: fl
         for part in parts:
             merged["runs"].update(part["runs"])
             merged["skipped"].update(part.get("skipped", {}))
-            merged.update({k: part[k] for k in ("flags",) if k in part})
+            merged.update({k: part[k] for k in ("flags", "noise_vs_n") if k in part})
             merged["parts"].append({k: part[k] for k in ("date_utc", "commit", "loadavg_at_start") if k in part}
                                    | {"cases": list(part["runs"])})
         if len({p["commit"] for p in parts}) != 1:
@@ -363,6 +526,11 @@ def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: fl
     out_path = Path(out)
     for case in [c.strip() for c in cases.split(",") if c.strip()]:
         t0 = time.perf_counter()
+        if case == "noise_vs_n":
+            doc["noise_vs_n"] = noise_vs_n(NOISE_SIZES, AUTO_SIZES, noise_repeats, 20_000, seed)
+            doc["noise_vs_n"]["wall_s"] = round(time.perf_counter() - t0, 1)
+            write_json(out_path, doc)
+            continue
         if case == "cnn_mock":
             entry, flags = run_cnn(Path(run_dir), Path(cubes), n_features, seed, batch_size)
             doc["flags"] = flags
@@ -374,10 +542,10 @@ def main(run_dir: str, cubes: str, cases: str, n_features: int, val_fraction: fl
             entry = run_mgs(case.split("_")[0], seed, val_fraction)
         elif case == "kids_regression":
             if not Path(kids_cubes).is_file():
-                doc["skipped"][case] = f"{kids_cubes} is absent (zpix simulate --survey kids --n 6000 --seed 7)"
+                doc["skipped"][case] = f"{kids_cubes} is absent (zpix simulate --survey kids --n 8000 --seed 7)"
                 print(f"[{case}] skipped: {kids_cubes} absent")
                 continue
-            entry = run_kids_regression(Path(kids_cubes), Path(work), seed, kids_epochs, batch_size)
+            entry = run_kids_regression(Path(kids_cubes), Path(work), seed, kids_epochs, batch_size, kids_val_fraction)
         else:
             raise click.BadParameter(f"unknown case {case!r}")
         entry["wall_s"] = round(time.perf_counter() - t0, 1)

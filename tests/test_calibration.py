@@ -135,20 +135,63 @@ def test_cli_calibrate_writes_a_new_run_that_predict_applies(tmp_path):
     res = CliRunner().invoke(main, ["info", str(tmp_path / "cal")])
     assert res.exit_code == 0, res.output
     assert "1. temperature: T =" in res.output and "quality: logistic" in res.output
+    # the default method on a run with few validation rows: no map, the reason stored and shown, quality fitted
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--out", str(tmp_path / "auto")])
+    assert res.exit_code == 0, res.output
+    from zpix.calibration.fit import MIN_AUTO
+    from zpix.runs import Split
+
+    n_val = len(Split.load(run / "split.npz").val)
+    assert f"calibration: none (auto on {n_val} objects: {n_val} fitting objects < {MIN_AUTO}" in res.output
+    assert not load_calibration(tmp_path / "auto") and (tmp_path / "auto" / "quality.npz").is_file()
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "auto")])
+    assert f"calibration: none (auto on {n_val} objects" in res.output
 
 
 def test_auto_picks_the_simplest_chain_that_flattens_the_pit():
     from zpix.calibration.fit import select_chain
 
-    # calibrated already: every candidate is as good within the KS spread, so the first (simplest) wins
+    # calibrated already: no candidate beats the first (the baseline) beyond the noise, so it is kept
     good_p, good_z = synthetic(3000, 1.0, seed=8)
-    chosen, scores = select_chain(good_p, good_z, GRID, candidates=(("temperature",), ("pit",), ("pit-local",)))
-    assert set(scores) == {"temperature", "pit", "pit-local"} and max(scores.values()) < 0.03
+    chosen, record = select_chain(good_p, good_z, GRID, candidates=(("temperature",), ("pit",), ("pit-local",)))
+    assert set(record["cv_pit_ks"]) == {"temperature", "pit", "pit-local"} and max(record["cv_pit_ks"].values()) < 0.03
+    assert set(record["sd_vs_none"]) == {"pit", "pit-local"} and min(record["sd_vs_none"].values()) > 0
     assert chosen == ["temperature"]
-    # too narrow by 2: whatever auto picks flattens the PIT on new objects
+    # too narrow by 2: auto fits a chain, recorded with the choice, that flattens the PIT on new objects
     val_p, val_z = synthetic(3000, 0.5, seed=9)
     chain = fit_calibration(val_p, val_z, GRID, ["auto"], fitted_on={"rows": "val"})
-    auto = chain.steps[0].fitted_on["auto"]
-    assert auto["chosen"] == [s.calibrator.name for s in chain.steps]
+    auto = chain.notes["auto"]
+    assert auto["chosen"] == [s.calibrator.name for s in chain.steps] != []
+    assert auto["cv_pit_ks"]["none"] > 0.1 and auto["cv_crps"]["+".join(auto["chosen"])] < auto["cv_crps"]["none"]
     test_p, test_z = synthetic(10_000, 0.5, seed=10)
     assert pit_ks(chain(test_p), test_z) < 0.03
+
+
+def test_auto_keeps_calibrated_pdfs_unchanged_and_says_why(tmp_path):
+    # the demo's regression: a PIT map fitted on a few hundred validation objects of PDFs that were calibrated
+    # already only adds its own noise (the demo's coverage68 went 0.69 -> 0.61); auto keeps the identity
+    from zpix.calibration.fit import MIN_AUTO
+
+    test_p, test_z = synthetic(20_000, 1.0, seed=12)
+    for n, seed in ((320, 11), (MIN_AUTO, 13), (4000, 14)):
+        val_p, val_z = synthetic(n, 1.0, seed=seed)
+        chain = fit_calibration(val_p, val_z, GRID, ["auto"])
+        assert not chain and chain.notes["auto"]["chosen"] == [] and chain.notes["auto"]["n"] == n
+        assert ("too few" in chain.notes["auto"]["reason"]) == (n < MIN_AUTO)
+        np.testing.assert_allclose(chain(test_p), test_p / test_p.sum(1, keepdims=True))
+        # what a forced map would have done to the same PDFs: worse coverage, the bug this guards
+        forced = cdf_at(fit_calibration(val_p, val_z, GRID, ["pit"])(test_p), GRID, test_z)
+        if n < MIN_AUTO:
+            assert abs((np.abs(forced - 0.5) <= 0.34).mean() - 0.683) > 0.01
+    again = Calibration.load(chain.save(tmp_path / "calibration.json"))
+    assert not again and again.notes == json.loads(json.dumps(chain.notes))
+    assert "calibration: none (auto on 4000 objects: no chain beats" in again.describe()
+
+
+def test_auto_below_the_floor_keeps_even_a_bad_model_but_an_explicit_method_fits():
+    from zpix.calibration.fit import MIN_AUTO
+
+    val_p, val_z = synthetic(MIN_AUTO - 1, 0.5, seed=15)
+    chain = fit_calibration(val_p, val_z, GRID, ["auto"])
+    assert not chain and "too few" in chain.notes["auto"]["reason"]
+    assert [s.calibrator.name for s in fit_calibration(val_p, val_z, GRID, ["pit"]).steps] == ["pit"]

@@ -120,6 +120,8 @@ class Calibration:
 
     grid: RedshiftGrid | None = None  # None: not fitted yet (the identity)
     steps: list[FittedStep] = field(default_factory=list)
+    #: how the chain was chosen (``auto``: the candidates' cross-validated scores and the reason), saved with it
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, probs: np.ndarray, **context: Any) -> np.ndarray:
         return self.apply(probs, **context)
@@ -157,8 +159,9 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         if self.grid is None:
             raise ValueError("Calibration.to_dict: an empty chain without a grid has nothing to save")
-        return {"format_version": FORMAT_VERSION, "grid": self.grid.to_dict(),
-                "steps": [s.to_dict() for s in self.steps]}
+        doc = {"format_version": FORMAT_VERSION, "grid": self.grid.to_dict(),
+               "steps": [s.to_dict() for s in self.steps]}
+        return doc | ({"notes": self.notes} if self.notes else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -168,7 +171,7 @@ class Calibration:
         grid = RedshiftGrid.from_dict(d["grid"])
         steps = [FittedStep(get_calibrator(s["name"]).from_dict(s["params"]), dict(s.get("fitted_on", {})))
                  for s in d.get("steps", [])]
-        return cls(grid, steps)
+        return cls(grid, steps, dict(d.get("notes") or {}))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temporary name, then rename)."""
@@ -189,9 +192,11 @@ class Calibration:
 
     def describe(self) -> str:
         """One line per step: name, fitted parameters, fitting rows."""
+        auto = self.notes.get("auto")
+        why = f" (auto on {auto['n']} objects: {auto['reason']})" if auto and "reason" in auto else ""
         if not self.steps:
-            return "calibration: none"
-        lines = ["calibration (applied in order after the ensemble mean):"]
+            return f"calibration: none{why}"
+        lines = [f"calibration (applied in order after the ensemble mean){why}:"]
         for i, s in enumerate(self.steps):
             params = s.calibrator.summary() if hasattr(s.calibrator, "summary") else s.calibrator.to_dict()
             lines.append(f"  {i + 1}. {s.calibrator.name}: {params}  (fitted on {s.fitted_on})")

@@ -25,9 +25,15 @@ from zpix.quality.features import infer
 from zpix.quality.scores import QUALITY_FILE, QualityModel, fit_quality
 from zpix.runs import CONFIG_FILE, SPLIT_FILE, Split
 
-#: Fewer validation objects than this cannot pin down even one temperature; training skips calibration then.
+#: Fewer validation objects than this cannot pin down even one temperature; training skips calibration and
+#: the quality model then.
 MIN_VALIDATION = 50
 
+#: ``auto`` fits no map on fewer objects than this: below it a PIT map fitted on calibrated PDFs moves the
+#: test coverage68 and PIT KS by more than the targets (0.02) through its own noise (90th percentile over
+#: draws; benchmarks/results/calibration.json ``noise_vs_n``, docs/calibration.md "How many validation
+#: objects").  ``zpix calibrate --method pit`` (or any named method) still fits on fewer.
+MIN_AUTO = 2000
 
 #: Chains that ``auto`` chooses from, simplest first (a tie goes to the simpler one).
 #: The empty chain comes first: PDFs already calibrated within the validation set's noise are left as they
@@ -39,37 +45,86 @@ AUTO_CANDIDATES: tuple[tuple[str, ...], ...] = ((), ("pit",), ("temperature", "p
 #: Standard deviation of sqrt(n) x the KS statistic of n uniform values (Kolmogorov distribution: 0.2603).
 KS_SPREAD = 0.26
 
+#: A chain replaces the identity only if its cross-validated PIT KS is lower by more than this many standard
+#: deviations of the (paired, bootstrapped) difference: ~2.3% of calibrated models get a map by chance.
+SIGNIFICANCE = 2.0
+
 
 def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
                  candidates: Sequence[Sequence[str]] = AUTO_CANDIDATES, k: int = 5, seed: int = 0,
-                 base: Calibration | None = None) -> tuple[list[str], dict[str, float]]:
-    """The simplest candidate chain whose k-fold cross-validated PITs on (probs, z_spec) are as close to
-    uniform as the best one's, up to the KS statistic's own spread.
+                 base: Calibration | None = None, min_n: int = MIN_AUTO, n_boot: int = 200
+                 ) -> tuple[list[str], dict[str, Any]]:
+    """The chain ``auto`` fits on (probs, z_spec): the identity unless a candidate is better beyond the
+    fitting set's own sampling noise.
 
-    Each fold's PITs come from a chain fitted on the other folds; the pooled PITs' KS distance from U(0, 1)
-    scores the candidate (so a chain that only fits its own noise gains nothing).  Returns the chosen chain
-    and every candidate's score.
+    Each candidate is scored by k-fold cross-validation on these rows alone: each fold's PDFs are
+    calibrated by the chain fitted on the other folds, and the pooled held-out PITs' KS distance D from
+    U(0, 1) and the mean CRPS are recorded (so a chain that only fits its own noise gains nothing).  With
+    D_0, CRPS_0 the identity's (the first candidate, ``()``), a chain c *beats the identity* when
+
+        D_0 − D_c > SIGNIFICANCE · sd*(D_0 − D_c)   and   CRPS_c ≤ CRPS_0,
+
+    sd* the standard deviation of the difference over ``n_boot`` bootstrap resamplings of the rows (paired:
+    the same rows for both).  Of the chains that beat the identity the simplest within KS_SPREAD/√n (the
+    KS statistic's own spread) of the best is chosen; where none does, or n < ``min_n``, the identity.
+
+    Returns the chosen chain and a record: ``cv_pit_ks``, ``cv_crps``, ``sd_vs_none`` per candidate, ``n``
+    and ``reason``.
     """
     from scipy.stats import kstest
 
+    from zpix.evaluation.metrics import crps
     from zpix.pdf import cdf_at
 
     z = np.asarray(z_spec, dtype=np.float64)
-    folds = np.random.default_rng(seed).permutation(len(z)) % k
-    scores: dict[str, float] = {}
-    for cand in candidates:
-        pit = np.empty(len(z))
+    n = len(z)
+    cands = [tuple(c) for c in candidates]
+    record: dict[str, Any] = {"n": int(n), "cv_pit_ks": {}, "cv_crps": {}, "sd_vs_none": {}}
+    if n < min_n:
+        record["reason"] = f"{n} fitting objects < {min_n}: too few to tell a map from its noise"
+        return [], record
+    folds = np.random.default_rng(seed).permutation(n) % k
+    pits: dict[tuple[str, ...], np.ndarray] = {}
+    for cand in cands:
+        pit, score = np.empty(n), np.empty(n)
         for f in range(k):
             held = folds == f
             chain = fit_calibration(probs[~held], z[~held], grid, list(cand), base=base)
-            pit[held] = cdf_at(chain(probs[held]), grid, z[held])
-        scores[_chain_name(cand)] = float(kstest(pit, "uniform").statistic)
-    # one-standard-error rule: the simplest candidate within the KS statistic's spread (~0.26/sqrt(n) under
-    # uniformity) of the best, so that noise in a small validation set does not pick the most flexible chain
-    margin = KS_SPREAD / np.sqrt(len(z))
-    best_score = min(scores.values())
-    best = next(c for c in candidates if scores[_chain_name(c)] <= best_score + margin)
-    return list(best), scores
+            cal = chain(probs[held]) if chain else probs[held]
+            pit[held] = cdf_at(cal, grid, z[held])
+            score[held] = crps(cal, grid, z[held])
+        pits[cand] = pit
+        record["cv_pit_ks"][_chain_name(cand)] = float(kstest(pit, "uniform").statistic)
+        record["cv_crps"][_chain_name(cand)] = float(score.mean())
+    ident = () if () in pits else cands[0]
+    ks = record["cv_pit_ks"]
+    boot = np.random.default_rng(seed + 1).integers(0, n, (n_boot, n))
+    d0 = np.array([_ks_uniform(pits[ident][b]) for b in boot])
+    winners = []
+    for cand in cands:
+        if cand == ident:
+            continue
+        sd = float(np.std(d0 - np.array([_ks_uniform(pits[cand][b]) for b in boot])))
+        record["sd_vs_none"][_chain_name(cand)] = sd
+        name = _chain_name(cand)
+        if ks[_chain_name(ident)] - ks[name] > SIGNIFICANCE * sd and \
+                record["cv_crps"][name] <= record["cv_crps"][_chain_name(ident)]:
+            winners.append(cand)
+    if not winners:
+        record["reason"] = "no chain beats the identity by more than the sampling noise (or it worsens CRPS)"
+        return list(ident), record
+    best_score = min(ks[_chain_name(c)] for c in winners)
+    # one-standard-error rule among the winners: noise in a small set must not pick the most flexible chain
+    best = next(c for c in winners if ks[_chain_name(c)] <= best_score + KS_SPREAD / np.sqrt(n))
+    record["reason"] = "simplest chain beating the identity beyond the noise, within the KS spread of the best"
+    return list(best), record
+
+
+def _ks_uniform(u: np.ndarray) -> float:
+    """KS distance of the sample u from U(0, 1) (the statistic of scipy.stats.kstest, vectorised here)."""
+    s = np.sort(u)
+    i = np.arange(1, s.size + 1) / s.size
+    return float(max(np.max(i - s), np.max(s - (i - 1 / s.size))))
 
 
 def _chain_name(chain: Sequence[str]) -> str:
@@ -82,18 +137,18 @@ def fit_calibration(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, m
     """Fit ``methods`` in order on (probs, z_spec); ``base`` (kept, not refitted) comes first.
 
     ``probs`` are uncalibrated PDFs (N, n_bins); each method is fitted on what the earlier steps make of them.
-    The method ``auto`` stands for the chain :func:`select_chain` picks on these objects (recorded in each
-    step's ``fitted_on["auto"]`` with the candidates' cross-validated scores).
+    The method ``auto`` stands for the chain :func:`select_chain` picks on these objects, possibly none
+    (recorded, with the candidates' cross-validated scores and the reason, in the chain's ``notes["auto"]``).
     """
-    chain = Calibration(grid, list(base.steps) if base else [])
+    chain = Calibration(grid, list(base.steps) if base else [], dict(base.notes) if base else {})
     if base and base.grid is not None and base.grid != grid:
         raise ValueError(f"the existing calibration is on {base.grid}, the PDFs on {grid}")
     for method in methods:
         if method == "auto":
-            chosen, scores = select_chain(probs, z_spec, grid, base=chain)
+            chosen, record = select_chain(probs, z_spec, grid, base=chain)
+            chain.notes["auto"] = {"chosen": chosen, **record}
             for m in chosen:
-                chain.fit_step(m, probs=probs, z_spec=z_spec,
-                               fitted_on={**(fitted_on or {}), "auto": {"chosen": chosen, "cv_pit_ks": scores}},
+                chain.fit_step(m, probs=probs, z_spec=z_spec, fitted_on={**(fitted_on or {}), "auto": chosen},
                                **context)
             continue
         chain.fit_step(method, probs=probs, z_spec=z_spec, fitted_on=fitted_on, **context)

@@ -76,7 +76,7 @@ def _run_info(run) -> None:
         chain = load_calibration(run)
     except (ImportError, ValueError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(chain.describe() if chain else "calibration: none")
+    click.echo(chain.describe())  # an empty chain says why auto kept the identity
     from zpix.quality import load_quality
 
     try:
