@@ -195,3 +195,11 @@ def test_auto_below_the_floor_keeps_even_a_bad_model_but_an_explicit_method_fits
     chain = fit_calibration(val_p, val_z, GRID, ["auto"])
     assert not chain and "too few" in chain.notes["auto"]["reason"]
     assert [s.calibrator.name for s in fit_calibration(val_p, val_z, GRID, ["pit"]).steps] == ["pit"]
+
+
+def test_bootstrap_ks_matches_scipy():
+    from zpix.calibration.fit import _ks_uniform
+
+    for n, seed in ((7, 0), (500, 1)):
+        u = np.random.default_rng(seed).uniform(size=n) ** 1.3
+        assert _ks_uniform(u) == pytest.approx(kstest(u, "uniform").statistic, abs=1e-12)
