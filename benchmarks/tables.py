@@ -248,7 +248,7 @@ def domain_table(detail: bool = False) -> list[str]:
             f"{v['gap_closed_max_tomo_bias_no_guided']:.2f}); source σ_MAD change "
             f"{100 * v['source_sigma_mad_change']:+.1f}%"
             + (f"; target met: {'yes' if v['target_met'] else 'no'}" if "target_met" in v else "")
-            + ". See `docs/domain_adaptation.md`."]
+            + ("." if detail else ". See `docs/domain_adaptation.md`.")]
     if "gap_sigma_mad_se" in v:
         out += ["", f"The gap itself (no_da − oracle on the target, ± standard error of the difference of the seed "
                 f"means): σ_MAD {v['gap_sigma_mad']:+.5f} ± {v['gap_sigma_mad_se']:.5f}, max tomo bias "

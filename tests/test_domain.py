@@ -237,3 +237,108 @@ def test_input_spec_target_is_empty_without_adaptation_and_optional_on_load(tmp_
     del doc["target"]  # a run written before input specs had a target still loads
     path.write_text(json.dumps(doc))
     assert InputSpec.load(tmp_path / "run").target == {}
+
+
+# -- benchmarks/domain_adaptation.py on existing stores: fields chosen by their seeing -------------------------
+def _bench():
+    import importlib
+    import sys
+
+    bench_dir = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module("domain_adaptation")
+
+
+#: mean g/r/i FWHM of the toy fields: B is the best seeing, D the worst
+FWHM = {"A": 1.2, "B": 0.9, "C": 1.4, "D": 1.6}
+
+
+def _injected_like(path: Path, n: int = 120, summary_beside: bool = False) -> Path:
+    """A toy store shaped like `zpix inject`'s: a catalog/field column and the per-field summary."""
+    write_toy_cubes(path, n=n, seed=4)
+    names = np.array(list(FWHM))[np.arange(n) % len(FWHM)]
+    summary = {f: {"ebv": 0.03, "bands": {b: {"fwhm_arcsec": fw + 0.01 * i, "depth_5sigma": 22.0 - fw}
+                                          for i, b in enumerate("ugriz")}} for f, fw in FWHM.items()}
+    with h5py.File(path, "r+") as f:
+        f.create_dataset("catalog/field", data=names.astype(object), dtype=h5py.string_dtype())
+        f["z_spec"][::10] = np.nan  # some objects without a label
+        if summary_beside:
+            path.with_name(path.stem + "_fields.json").write_text(json.dumps(summary))
+        else:
+            f.attrs["fields"] = json.dumps(summary)
+    return path
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_field_conditions_rank_fields_by_seeing(tmp_path: Path, beside: bool) -> None:
+    bench = _bench()
+    cond = bench.field_conditions(_injected_like(tmp_path / "inj.h5", summary_beside=beside))
+    assert sorted(cond) == sorted(FWHM) and all(c["n_objects"] == 30 for c in cond.values())
+    assert cond["C"]["fwhm_gri"] == pytest.approx(1.42) and cond["C"]["depth_gri"] == pytest.approx(20.6)
+    assert bench.select_fields(cond, "worst-seeing:2") == ["C", "D"]
+    assert bench.select_fields(cond, "best-seeing:1", taken=["B"]) == ["A"]  # B is taken: the next best
+    assert bench.select_fields(cond, "rest", taken=["C", "D"]) == ["A", "B"]
+    assert bench.select_fields(cond, "D, A") == ["A", "D"]
+    with pytest.raises(SystemExit, match="both source and target"):
+        bench.select_fields(cond, "A", taken=["A"])
+    with pytest.raises(SystemExit, match="not in the store"):
+        bench.select_fields(cond, "E")
+    with pytest.raises(SystemExit, match="K must be between 1 and 4"):
+        bench.select_fields(cond, "worst-seeing:5")
+
+
+def test_store_plan_holds_out_the_target_fields(tmp_path: Path) -> None:
+    import argparse
+
+    bench = _bench()
+    store = _injected_like(tmp_path / "inj.h5")
+    args = argparse.Namespace(source_cubes=store, target_cubes=store, source_fields="best-seeing:2",
+                              target_fields="worst-seeing:1", n_train=20, n_val=10, n_test=10, n_target_pool=12,
+                              n_target_test=10, subset_seed=3)
+    plan = bench.store_plan(args)
+    assert plan["target_fields"] == ["D"] and plan["source_fields"] == ["A", "B"]
+    with CubeStore(store) as s:
+        field, z = s.column("catalog/field"), s.z_spec
+    src, pool, test = plan["source_rows"], plan["pool_rows"], plan["test_rows"]
+    assert set(field[src]) == {"A", "B"} and set(field[pool]) | set(field[test]) == {"D"}
+    assert len(src) == 40 and len(pool) == 12 and len(test) == 10
+    assert np.isfinite(z[src]).all() and np.isfinite(z[test]).all()  # scored / trained rows carry labels
+    assert len(np.intersect1d(pool, test)) == 0
+    args.n_target_pool = 25  # field D holds 30 objects: too few for 25 + 10
+    with pytest.raises(SystemExit, match="choose smaller sizes"):
+        bench.store_plan(args)
+    args.source_fields = None
+    with pytest.raises(SystemExit, match="give --source-fields and --target-fields"):
+        bench.store_plan(args)
+
+
+def test_benchmark_runs_on_held_out_fields_and_reuses_its_runs(tmp_path: Path, capsys: pytest.CaptureFixture
+                                                              ) -> None:
+    bench = _bench()
+    store = _injected_like(tmp_path / "inj.h5", n=240)
+    out = tmp_path / "da.json"
+    argv = ["--source-cubes", str(store), "--target-cubes", str(store), "--source-fields", "best-seeing:2",
+            "--target-fields", "worst-seeing:1", "--workdir", str(tmp_path / "work"), "--out", str(out),
+            "--n-train", "24", "--n-val", "8", "--n-test", "10", "--n-target-pool", "30", "--n-target-test", "12",
+            "--stamp", "16", "--epochs", "1", "--batch-size", "8", "--seeds", "0"]
+    bench.main([*argv, "--methods", "no_da", "da", "--partial"])
+    assert not out.exists()  # --partial: runs and their scores only
+    doc = bench.main(argv)
+    assert "reusing no_da_s0 and its scores" in capsys.readouterr().out
+    assert doc["fields"]["target"]["fields"] == ["D"] and doc["fields"]["source"]["fields"] == ["A", "B"]
+    assert set(doc["methods"]) == {"no_da", "da", "da_no_guided", "oracle"}
+    da = doc["methods"]["da"]
+    assert da["domain"] == {"weight": 1.0, "adversarial": "grl", "guided": True, "paired": True}
+    assert da["seeds"][0]["target"]["n"] == 12 and da["seeds"][0]["source"]["n"] == 10
+    assert 0 <= da["seeds"][0]["final_domain_acc"] <= 1
+    spec = json.loads((tmp_path / "work" / "da_s0" / "input_spec.json").read_text())
+    assert spec["target"]["path"].endswith("target_pool_16.h5") and spec["target"]["n_rows"] == 30
+    assert json.loads((tmp_path / "work" / "no_da_s0" / "input_spec.json").read_text())["target"] == {}
+    v = doc["verdict"]
+    gap = doc["methods"]["no_da"]["sigma_mad"] - doc["methods"]["oracle"]["sigma_mad"]
+    assert v["gap_sigma_mad"] == pytest.approx(gap)
+    assert v["gap_closed_sigma_mad"] == pytest.approx((doc["methods"]["no_da"]["sigma_mad"] - da["sigma_mad"]) / gap)
+    assert json.loads(out.read_text())["verdict"]["target_met"] == v["target_met"]
+    with pytest.raises(SystemExit, match="pins other fields"):  # another budget in the same workdir
+        bench.main([*argv, "--epochs", "2", "--partial"])
