@@ -174,6 +174,11 @@ def fig_residuals(scores: Sequence[MethodScores], result: dict[str, Any]) -> Fig
     return fig
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A legend number; "n/a" where the statistic is undefined (no z_spec bin holds enough objects)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def fig_bias(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure:
     """Lin et al.'s two biases, method by method (e.g. before / after ``zpix debias`` and the photo-z
     calibration): mean Δz in fixed bins of z_spec and of z_phot, and Δ⟨z⟩ in each method's 5 equal-count
@@ -193,11 +198,11 @@ def fig_bias(scores: Sequence[MethodScores], result: dict[str, Any]) -> Figure:
             ax.errorbar(np.asarray(t["center"], float) + (i - (n - 1) / 2) * 0.002, np.asarray(t["mean_dz"], float),
                         yerr=np.asarray(t["mean_dz_err"], float), color=_color(i), marker="o", ms=3, lw=1.2,
                         capsize=2, label=s.name if key == "phot_z_trend" else
-                        f"{s.name}: amplitude {b['spec_z_trend_amplitude']:.4f}, KS {b['nz_ks']:.3f}")
+                        f"{s.name}: amplitude {_num(b['spec_z_trend_amplitude'], '.4f')}, KS {_num(b['nz_ks'], '.3f')}")
         tomo = b["tomographic"]
         x = np.arange(len(tomo["delta_mean_z"])) + (i - (n - 1) / 2) * 0.8 / max(n, 1)
         axes[2].bar(x, tomo["delta_mean_z"], width=0.8 / max(n, 1), color=_color(i),
-                    label=f"{s.name}: max {b['max_tomo_bias']:.4f}")
+                    label=f"{s.name}: max {_num(b['max_tomo_bias'], '.4f')}")
     axes[0].set_xlabel(LABELS["z_spec"])
     axes[1].set_xlabel(LABELS["z_phot"])
     axes[0].set_ylabel(r"mean $\Delta z$")
