@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import h5py
@@ -15,8 +16,10 @@ from test_training import tiny_config
 
 import zpix.training.api as api
 from zpix.cli import main
+from zpix.hardware import usable_cores
 from zpix.prediction.distributed import (
     MANIFEST_DIR,
+    default_threads,
     finished,
     load_count,
     parse_cluster,
@@ -93,9 +96,17 @@ def test_partitioned_output_equals_single_process_and_reads_everywhere(setup):
     np.testing.assert_allclose(cat["z_mean"], pred.catalog["z_mean"])
     np.testing.assert_allclose(np.stack(cat["pdf_pdfs"].to_numpy()) * pred.grid.width, pred.pdfs, atol=1e-6)
     assert "zpix_pdf_meta" in (out / "hats" / "zpix_photoz" / "hats.properties").read_text()
-    # zpix evaluate reads it as any prediction directory
+    # zpix evaluate and zpix report read it as any prediction directory
     r = CliRunner().invoke(main, ["evaluate", str(out), "--out", str(root / "metrics.json")])
     assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["report", str(out), "--out", str(root / "report"), "--cubes", str(shards[1]),
+                                  "--n-examples", "4", "--n-boot", "20"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((root / "report" / "metrics.json").read_text())
+    assert [m["n"] for m in metrics["summary"].values()] == [160]
+    assert (root / "report" / "index.html").stat().st_size > 10_000
+    # every partition ran with the torch threads asked for, in its worker process
+    assert {e["torch_threads"] for e in res.entries} == {1}
 
 
 def test_rerun_after_a_crash_computes_only_the_missing_partitions(setup):
@@ -149,3 +160,25 @@ def test_cli_on_a_running_scheduler(setup):
                                   "--dask", client.scheduler.address, "--hats"])
     assert r.exit_code != 0 and "no catalog/ra" in r.output and not (root / "nohats").exists()
 
+
+
+def test_default_threads_share_the_cores_between_the_workers(setup):
+    root, run, shards, client = setup
+    # two worker processes on this host: each gets half of the cores it may run on, at least one
+    assert default_threads(client) == max(1, usable_cores() // 2)
+
+
+def test_training_rows_are_counted_over_the_partitions(setup):
+    """A distributed prediction of the run's own cube store carries its training-row count, so evaluate refuses it."""
+    root, run, shards, client = setup
+    out = root / "own"
+    predict_distributed(run, root / "train.h5", out, client=client, block_rows=70, threads=1, pdf_format="hist32")
+    pred = read_predictions(out, load_pdfs=False)
+    rows = pred.meta["meta"]["rows"]
+    from zpix.runs import load_split
+
+    split = load_split(run)
+    assert rows["n_rows"] == 200 and rows["run_store"] is True
+    assert rows["n_training_rows"] == split.train.size + split.val.size > 0
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--out", str(root / "own_metrics.json")])
+    assert r.exit_code != 0 and "were used to train or validate" in r.output

@@ -28,8 +28,16 @@ completed and renamed into place::
       manifest/<part>.json  rows, shard, worker, seconds and peak RSS of each partition
 
 so ``zpix evaluate``/``report`` read it as any other prediction directory (rows in partition order:
-shards in the order given, blocks in row order).  Torch threads per worker default to
-cores / workers on the worker's host, so that workers × threads = cores.  With ``device="cuda"``
+shards in the order given, blocks in row order; ``meta.yaml`` sums the partitions' training-row counts,
+so ``evaluate`` refuses rows the model was trained on as it does for a single prediction).
+
+Threads: each worker process runs one task at a time (``--nthreads 1``) with torch's intra-op pool
+set to cores / workers on its host (:func:`default_threads`, from the CPU affinity), so that
+workers × threads = cores.  Torch's own default is every core per process: N workers would then run
+N × cores threads on cores cores, and their OpenMP pools spin against each other.  Prediction is
+GIL-bound Python (HDF5 reads, collation, the writer) around the convolutions, so processes, not
+threads, are what scale; one process per core with one thread each is the fastest split of a CPU
+host for small stamps.  With ``device="cuda"``
 each worker of a local cluster takes its own GPU (worker i → ``cuda:i``): start one worker per GPU.
 """
 
@@ -166,19 +174,29 @@ def _worker_device(device: str) -> str:
 
 
 def set_torch_threads(threads: int) -> None:
-    """torch intra-op threads of this process (and OMP/MKL for the numpy side)."""
+    """torch intra-op threads of this process (and OMP/MKL for libraries that start later)."""
     import torch
 
     threads = max(1, int(threads))
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+
+
+def worker_cores() -> int:
+    """Cores this worker process may use (its CPU affinity: containers and ``taskset`` restrict it)."""
+    from zpix.hardware import usable_cores
+
+    return usable_cores()
 
 
 def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarray, batch_size: int,
                   device: str, on_bad: str, pdf_format: str, precision: str = "32",
                   threads: int | None = None) -> dict[str, Any]:
     """Predict one partition and publish it (catalogue, PDFs, then its manifest entry)."""
+    import torch
+
     from zpix.atomic import write_json
     from zpix.prediction.format import CATALOG_FILE, PDF_FILE, read_meta
     from zpix.prediction.streaming import predict
@@ -202,9 +220,10 @@ def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarra
     entry = {**asdict(part), "name": part.name, "n": len(part), "seconds": time.perf_counter() - t0,
              "cpu_seconds": time.process_time() - cpu0,
              "model_seconds": t_model, "host": socket.gethostname(), "pid": os.getpid(), "device": dev,
+             "torch_threads": torch.get_num_threads(), "finished_unix": time.time(),
              "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
              "grid": task_meta["grid"], "meta": {k: v for k, v in task_meta.get("meta", {}).items()
-                                                 if k in ("model_name", "members", "calibration")}}
+                                                 if k in ("model_name", "members", "calibration", "rows")}}
     write_json(work / MANIFEST_DIR / f"{part.name}.json", entry)
     return entry
 
@@ -290,14 +309,18 @@ def _client(cluster: str) -> tuple[Any, Any]:
 
 
 def default_threads(client: Any) -> int:
-    """Torch threads per worker so that workers × threads = cores on every host (the smallest share)."""
+    """Torch threads per worker so that workers × threads = cores on every host (the smallest share).
+
+    Cores are each worker's own CPU affinity (:func:`worker_cores`), not the host's core count, so a
+    worker pinned to some cores (``taskset``, a container's cpuset) gets threads for those.
+    """
     from collections import Counter
 
     workers = client.scheduler_info(n_workers=-1)["workers"]
     if not workers:
         raise RuntimeError("the Dask cluster has no workers")
     per_host = Counter(w["host"] for w in workers.values())
-    cores = client.run(os.cpu_count)
+    cores = client.run(worker_cores)
     return max(1, min((cores[addr] or 1) // per_host[w["host"]] for addr, w in workers.items()))
 
 
@@ -444,6 +467,7 @@ def finalize(work: str | os.PathLike, parts: Sequence[Partition], *, model: str,
     from zpix.prediction.format import FORMAT_VERSION, META_FILE, PDF_FILE
 
     work = Path(work)
+    entries = [json.loads((work / MANIFEST_DIR / f"{p.name}.json").read_text()) for p in parts]
     schema0 = None
     for p in parts:
         schema = pq.read_schema(work / CATALOG_DIR / f"{p.name}.parquet")
@@ -453,7 +477,14 @@ def finalize(work: str | os.PathLike, parts: Sequence[Partition], *, model: str,
             raise ValueError(f"{p.shard}: its catalogue columns {schema.names} differ from the first shard's "
                              f"{schema0.names}; predict shards with the same catalogue columns together")
     _virtual_pdfs(work, parts, work / PDF_FILE)
-    first = json.loads((work / MANIFEST_DIR / f"{parts[0].name}.json").read_text())
+    first = entries[0]
+    part_rows = [e["meta"].get("rows") or {} for e in entries]
+    # what evaluate's training-row guard reads: every partition's count of rows the model was fitted on
+    rows = {"split": "partitions", "n_rows": int(sum(len(p) for p in parts)),
+            "n_training_rows": int(sum(int(r.get("n_training_rows", 0) or 0) for r in part_rows)),
+            "run_store": any(bool(r.get("run_store")) for r in part_rows),
+            "stores": sorted({json.dumps(r["store"], sort_keys=True) for r in part_rows if "store" in r})}
+    rows["stores"] = [json.loads(x) for x in rows["stores"]]
     meta = {
         "format_version": FORMAT_VERSION,
         "method": "cnn",
@@ -467,6 +498,6 @@ def finalize(work: str | os.PathLike, parts: Sequence[Partition], *, model: str,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
         "zpix_version": __version__,
         "meta": {**first["meta"], "model": model, "cubes": [str(s) for s in shards], "pdf_format": pdf_format,
-                 "device": first["device"]},
+                 "device": first["device"], "rows": rows},
     }
     write_yaml(work / META_FILE, meta)
