@@ -107,6 +107,32 @@ def wait_idle(max_wait_s: float | None = None, busy_below: float = 0.15, sample_
             return {"busy_cores_before": round(m.busy_cores, 3), "waited_s": round(time.perf_counter() - t0, 1)}
 
 
+def _burn(seconds: float, queue: Any) -> None:
+    t0, c0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        pass
+    queue.put(time.process_time() - c0)
+
+
+def cpu_share(seconds: float = 3.0) -> dict[str, float]:
+    """Cores that 1 and 2 pure-Python busy processes of this session obtain: the ceiling of any speedup here.
+
+    On an idle machine 1.0 and 2.0; with sched_autogroup and another session busy, about 1.0 either way.
+    """
+    import multiprocessing as mp
+
+    out = {}
+    for n in (1, 2):
+        queue = mp.Queue()
+        procs = [mp.Process(target=_burn, args=(seconds, queue)) for _ in range(n)]
+        for pr in procs:
+            pr.start()
+        for pr in procs:
+            pr.join()
+        out[f"cores_{n}_process"] = sum(queue.get() for _ in range(n)) / seconds
+    return out
+
+
 def make_shards(cubes: Path, out: Path, n_shards: int, n_per_shard: int, stamp_px: int) -> list[Path]:
     """Central crops of the mock's images, cycled into ``n_shards`` cube stores."""
     import h5py
@@ -391,6 +417,7 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
                         "note": "throughput model only (a few training steps); its accuracy is not a result"}
         doc["block_rows"] = block_rows
         doc["batch_size"] = 64
+        doc["cpu_share"] = {**wait_idle(), **cpu_share()}
         for part in todo:
             if part == "workers":
                 runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
@@ -480,6 +507,10 @@ def render(doc: dict[str, Any]) -> None:
             lines.append(_run_row(f"workers {k}, run {i + 1}", v))
     for v in doc.get("workers_default_threads", {}).values():
         lines.append(_run_row("1 worker, default threads", v))
+    share = doc.get("cpu_share")
+    if share:
+        lines += ["", f"Ceiling: before the runs, 1 and 2 busy-looping processes of the benchmark obtained "
+                  f"{share['cores_1_process']:.2f} and {share['cores_2_process']:.2f} cores."]
     if "speedup_2_vs_1_workers" in doc:
         each = ", ".join(f"{x:.2f}×" for x in doc.get("speedup_2_vs_1_workers_each", []))
         lines += ["", f"**2 workers / 1 worker (1 thread each): {doc['speedup_2_vs_1_workers']:.2f}×** in images/s "
