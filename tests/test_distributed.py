@@ -57,6 +57,7 @@ def setup(tmp_path_factory):
 
 def test_cluster_specs():
     assert parse_cluster("local:3") == ("local", 3)
+    assert parse_cluster("local") == ("local", usable_cores())  # one single-threaded worker per core
     assert parse_cluster("tcp://10.0.0.1:8786") == ("address", "tcp://10.0.0.1:8786")
     with pytest.raises(ValueError, match="local:N"):
         parse_cluster("local:0")

@@ -245,10 +245,11 @@ class TorchThreads(WorkerPlugin):
 
 
 def parse_cluster(spec: str) -> tuple[str, int | str]:
-    """``local:N`` → ("local", N); ``tcp://host:port`` (or tls://, ucx://) → ("address", spec)."""
+    """``local:N`` → ("local", N), bare ``local`` → one worker per usable core; ``tcp://host:port`` (or tls://,
+    ucx://) → ("address", spec)."""
     s = spec.strip()
     if s.startswith("local"):
-        n = s.split(":", 1)[1] if ":" in s else str(os.cpu_count() or 1)
+        n = s.split(":", 1)[1] if ":" in s else str(worker_cores())  # bare "local": one worker per core
         if not n.isdigit() or int(n) < 1:
             raise ValueError(f"--dask {spec!r}: use local:N with N >= 1 workers, or a scheduler address tcp://host:port")
         return "local", int(n)
