@@ -59,17 +59,19 @@ def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
 
     Each candidate is scored by k-fold cross-validation on these rows alone: each fold's PDFs are
     calibrated by the chain fitted on the other folds, and the pooled held-out PITs' KS distance D from
-    U(0, 1) and the mean CRPS are recorded (so a chain that only fits its own noise gains nothing).  With
-    D_0, CRPS_0 the identity's (the first candidate, ``()``), a chain c *beats the identity* when
+    U(0, 1) and the per-object CRPS are recorded (so a chain that only fits its own noise gains nothing).
+    With D_0, CRPS_0 the identity's (the first candidate, ``()``), a chain c *beats the identity* when
 
-        D_0 − D_c > SIGNIFICANCE · sd*(D_0 − D_c)   and   CRPS_c ≤ CRPS_0,
+        D_0 − D_c > SIGNIFICANCE · sd*(D_0 − D_c)   and   mean(CRPS_c − CRPS_0) ≤ SIGNIFICANCE · se(CRPS_c − CRPS_0),
 
-    sd* the standard deviation of the difference over ``n_boot`` bootstrap resamplings of the rows (paired:
-    the same rows for both).  Of the chains that beat the identity the simplest within KS_SPREAD/√n (the
-    KS statistic's own spread) of the best is chosen; where none does, or n < ``min_n``, the identity.
+    sd* the standard deviation of the KS difference over ``n_boot`` bootstrap resamplings of the rows, se the
+    standard error of the mean per-object CRPS difference (both paired: the same rows for both): a better PIT
+    beyond its noise, a CRPS not worse beyond its noise.  Of the chains that beat the identity the simplest
+    within KS_SPREAD/√n (the KS statistic's own spread) of the best is chosen; where none does, or n < ``min_n``,
+    the identity.
 
-    Returns the chosen chain and a record: ``cv_pit_ks``, ``cv_crps``, ``sd_vs_none`` per candidate, ``n``
-    and ``reason``.
+    Returns the chosen chain and a record: ``cv_pit_ks``, ``cv_crps``, ``sd_vs_none`` (sd* of the KS
+    difference) and ``crps_se_vs_none`` per candidate, ``n`` and ``reason``.
     """
     from scipy.stats import kstest
 
@@ -79,12 +81,13 @@ def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
     z = np.asarray(z_spec, dtype=np.float64)
     n = len(z)
     cands = [tuple(c) for c in candidates]
-    record: dict[str, Any] = {"n": int(n), "cv_pit_ks": {}, "cv_crps": {}, "sd_vs_none": {}}
+    record: dict[str, Any] = {"n": int(n), "cv_pit_ks": {}, "cv_crps": {}, "sd_vs_none": {}, "crps_se_vs_none": {}}
     if n < min_n:
         record["reason"] = f"{n} fitting objects < {min_n}: too few to tell a map from its noise"
         return [], record
     folds = np.random.default_rng(seed).permutation(n) % k
     pits: dict[tuple[str, ...], np.ndarray] = {}
+    scores: dict[tuple[str, ...], np.ndarray] = {}
     for cand in cands:
         pit, score = np.empty(n), np.empty(n)
         for f in range(k):
@@ -93,7 +96,7 @@ def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
             cal = chain(probs[held]) if chain else probs[held]
             pit[held] = cdf_at(cal, grid, z[held])
             score[held] = crps(cal, grid, z[held])
-        pits[cand] = pit
+        pits[cand], scores[cand] = pit, score
         record["cv_pit_ks"][_chain_name(cand)] = float(kstest(pit, "uniform").statistic)
         record["cv_crps"][_chain_name(cand)] = float(score.mean())
     ident = () if () in pits else cands[0]
@@ -104,14 +107,15 @@ def select_chain(probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, *,
     for cand in cands:
         if cand == ident:
             continue
-        sd = float(np.std(d0 - np.array([_ks_uniform(pits[cand][b]) for b in boot])))
-        record["sd_vs_none"][_chain_name(cand)] = sd
         name = _chain_name(cand)
-        if ks[_chain_name(ident)] - ks[name] > SIGNIFICANCE * sd and \
-                record["cv_crps"][name] <= record["cv_crps"][_chain_name(ident)]:
+        sd = float(np.std(d0 - np.array([_ks_uniform(pits[cand][b]) for b in boot])))
+        d_crps = scores[cand] - scores[ident]
+        se = float(np.std(d_crps) / np.sqrt(n))
+        record["sd_vs_none"][name], record["crps_se_vs_none"][name] = sd, se
+        if ks[_chain_name(ident)] - ks[name] > SIGNIFICANCE * sd and d_crps.mean() <= SIGNIFICANCE * se:
             winners.append(cand)
     if not winners:
-        record["reason"] = "no chain beats the identity by more than the sampling noise (or it worsens CRPS)"
+        record["reason"] = "no chain beats the identity's PIT beyond the noise without a CRPS worse beyond it"
         return list(ident), record
     best_score = min(ks[_chain_name(c)] for c in winners)
     # one-standard-error rule among the winners: noise in a small set must not pick the most flexible chain
