@@ -10,25 +10,29 @@ For each case the script scores the test objects (never used for any fit or choi
 
 with σ_MAD, the spec-z trend amplitude (largest |mean Δz| over 0.02-wide z_spec bins with ≥ 100
 objects), the KS distance between the z_phot and z_spec distributions and the largest |Δ⟨z⟩| over 5
-equal-count z_phot bins (:func:`zpix.evaluation.trends.bias_summary`).  N_th is chosen on the
-validation rows only: the smallest validation spec-z trend amplitude among the candidates whose
-validation σ_MAD is within 5% of the model's own.  Ablations (no soft labels, no edge shift, no
-balancing) at the chosen N_th and the calibration without debiasing are recorded too.
+equal-count z_phot bins (:func:`zpix.evaluation.trends.bias_summary`).  N_th, the edge-shift width
+(and, on MGS, a few candidates with the range-edge density) are chosen on the validation rows only: the
+smallest validation spec-z trend amplitude (z_spec bins holding the same share of the validation rows as
+100 test objects are of the test rows) among the candidates whose validation σ_MAD is within 5% of the
+model's own.  The photo-z calibration's bin size is chosen by cross-validation on the validation rows
+(the calibrator's default); a fixed 50 objects per bin is recorded too.  Ablations (no soft labels, no
+edge shift, no balancing) at the chosen configuration and the calibration without debiasing are recorded.
 
 Cases:
 
 * ``mock_sdss``: a trained image run (``--run``, e.g. pasquet2019-small on 20k objects of the SDSS-like
   mock, ``--cubes``).  Its frozen head inputs are computed once and cached under ``--work``.  The chosen
   correction is also written as ordinary run directories (``zpix debias`` / ``zpix calibrate`` layout)
-  and the test rows predicted from them with ``zpix.prediction.predict`` (the numbers must agree).
+  and the first 1000 test rows predicted from them with ``zpix.prediction.predict`` (the numbers must agree).
 * ``sdss_mgs``: the magnitude network (``hybrid-mags``, PDF head) on the real SDSS MGS catalogue
   (``../shared/data/real/sdss_mgs_catalog``): trained on 3500 of the 5000 training galaxies, the other
   1500 are the validation rows, the 5000 test galaxies are scored; skipped where ``../shared`` is absent.
 
-Run from a clean worktree (see benchmarks/README.md)::
+Run from a clean worktree (see benchmarks/README.md), with absolute data paths::
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bias_correction.py --run runs/bench/p19s_20k \\
-        --cubes runs/bench/mock_sdss.h5 --work runs/bench/bias_correction
+    OMP_NUM_THREADS=2 nice -n 5 python benchmarks/bias_correction.py --threads 2 \
+        --run /work/main/runs/bench/p19s_20k --cubes /work/main/runs/bench/mock_sdss.h5 \
+        --work /work/main/runs/bench/bias_correction
 """
 
 from __future__ import annotations
@@ -45,13 +49,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED, stamp, write_json  # noqa: E402
 
 MGS = SHARED / "data" / "real" / "sdss_mgs_catalog"
-N_TH_GRID = (25, 50, 100, 200, 400)
-EDGE_SCALE_GRID = (0.5, 1.0)
+#: candidate N_th per case: the 20k mock fills its cells, the 3.5k MGS fit rows need smaller caps to flatten anything
+N_TH_GRID = {"mock_sdss": (50, 100, 200), "sdss_mgs": (10, 25, 50, 100)}
+EDGE_SCALE_GRID = (0.5, 1.0, 2.0)
+#: further candidates (DebiasConfig options): the edge shift modified by the range edges alone
+EXTRA_CANDIDATES: dict[str, tuple[dict[str, Any], ...]] = {
+    "mock_sdss": (),
+    "sdss_mgs": tuple({"n_th": n, "edge_scale": e, "edge_density": "range"} for n, e in ((100, 1.0), (100, 2.0),
+                                                                                        (25, 2.0)))}
 N_VAL_MGS = 1500
 #: validation σ_MAD may grow by at most this factor for an N_th to be eligible
 SIGMA_TOLERANCE = 1.05
-#: validation sets are smaller than test sets: z_spec bins need this many objects for the val amplitude
-VAL_MIN_COUNT = 50
+#: test rows predicted from the written run directories to check them against the in-memory numbers
+N_PREDICT_CHECK = 1000
+#: the spec-z trend amplitude counts z_spec bins with at least this many test objects (issue 12)
+TEST_MIN_COUNT = 100
+
+
+def val_min_count(n_val: int, n_test: int) -> int:
+    """Objects a z_spec bin needs for the validation amplitude: the same share of the sample as the test
+    amplitude's ``TEST_MIN_COUNT``, so that both look at the same bins (a fixed smaller count would leave
+    out sparse end bins that the test amplitude includes); never below 20."""
+    return max(20, int(round(TEST_MIN_COUNT * n_val / max(n_test, 1))))
 
 
 def scores(probs: np.ndarray, grid: Any, z_spec: np.ndarray, min_count: int = 100, n_boot: int = 100
@@ -98,77 +117,107 @@ def correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val
     plan = prepare_labels(z_train=z_train, mag_train=mag_train, z_val=z_val, mag_val=mag_val, zphot_val=zphot_val,
                           grid=grid, config=config)
     sub = [t.take(plan.subset.rows) for t in train_in]
+    if any(np.isnan(t.features).any() for t in sub):
+        raise ValueError("a training row of the subset has no features (computed only for a smaller N_th)")
     new_heads, hist = retrain_heads(heads, sub, val_in, plan)
     p_val = np.mean([head_probs(h, v.features, v.ebv) for h, v in zip(new_heads, val_in, strict=True)], axis=0)
     p_test = np.mean([head_probs(h, t.features, t.ebv) for h, t in zip(new_heads, test_in, strict=True)], axis=0)
     return plan, new_heads, hist, p_val, p_test
 
 
-def photoz_calibrate(p_val, z_val, p_test, grid):
+def photoz_calibrate(p_val, z_val, p_test, grid, fixed_min_per_bin: int | None = None):
+    """Step 4 fitted on the validation rows: the bin size chosen by cross-validation on them (the
+    calibrator's default), or ``fixed_min_per_bin`` objects per bin."""
     from zpix.calibration import Calibration
+    from zpix.calibration.photoz import PhotoZCalibration
 
     chain = Calibration(grid)
-    step = chain.fit_step("photoz", probs=p_val, z_spec=z_val, fitted_on={"rows": "val"})
+    cal = (PhotoZCalibration() if fixed_min_per_bin is None
+           else PhotoZCalibration(min_per_bin=fixed_min_per_bin, min_per_bin_grid=None))
+    step = chain.fit_step(cal, probs=p_val, z_spec=z_val, fitted_on={"rows": "val"})
     return chain, step, chain(p_test)
 
 
+def describe(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{k} {v}" for k, v in overrides.items())
+
+
+def candidate_grid(n_th_grid, edge_scales, extra=()) -> list[dict[str, Any]]:
+    """Every (N_th, edge scale) pair, then the ``extra`` configurations (each a dict of DebiasConfig options)."""
+    return [{"n_th": int(n), "edge_scale": float(e)} for n in n_th_grid for e in edge_scales] + [dict(x) for x in extra]
+
+
+#: the ablations, each a change of the chosen configuration
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "no_soft_labels": {"soft_labels": False}, "no_edge_shift": {"edge_shift": False},
+    "balanced_only": {"soft_labels": False, "edge_shift": False}, "no_balancing": {"n_th": 10**9}}
+
+
 def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val, z_test, grid,
-             n_th_grid, edge_scales, seed: int, log) -> tuple[dict[str, Any], dict[str, Any]]:
+             candidates: list[dict[str, Any]], seed: int, log, ablation_names=tuple(ABLATIONS)
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sweep on validation rows, the chosen correction on test rows, ablations and calibration."""
     from zpix.debias.api import DebiasConfig
 
     p_val0 = np.mean([v.probs for v in val_in], axis=0)
     p_test0 = np.mean([t.probs for t in test_in], axis=0)
-    before_val = scores(p_val0, grid, z_val, VAL_MIN_COUNT)
+    vmin = val_min_count(len(z_val), len(z_test))
+    before_val = scores(p_val0, grid, z_val, vmin)
     before = scores(p_test0, grid, z_test)
     log(f"[{name}] before (test): {headline(before)}")
-    sweep = []
-    for n_th in n_th_grid:
-        for scale in edge_scales:
-            t0 = time.perf_counter()
-            cfg = DebiasConfig(n_th=n_th, edge_scale=scale, seed=seed)
-            plan, _, hist, p_val, _ = correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val,
-                                              grid, cfg)
-            v = scores(p_val, plan.grid, z_val, VAL_MIN_COUNT)
-            sweep.append({"n_th": n_th, "edge_scale": scale, "n_subset": int(len(plan.subset.rows)), "val": v,
-                          "epochs": [h["epochs_run"] for h in hist], "seconds": time.perf_counter() - t0})
-            log(f"[{name}] N_th {n_th:4d} edge scale {scale:.2f} ({len(plan.subset.rows)} objects) val: {headline(v)}")
+    sweep, made = [], []
+    for overrides in candidates:
+        t0 = time.perf_counter()
+        cfg = DebiasConfig(**overrides, seed=seed)
+        plan, new_heads, hist, p_val, p_test = correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val,
+                                                       mag_val, grid, cfg)
+        v = scores(p_val, plan.grid, z_val, vmin)
+        sweep.append({**overrides, "n_subset": int(len(plan.subset.rows)), "val": v,
+                      "epochs": [h["epochs_run"] for h in hist], "converged": [h["converged"] for h in hist],
+                      "seconds": time.perf_counter() - t0})
+        made.append((plan, new_heads, hist, p_val, p_test))
+        log(f"[{name}] {describe(overrides)} ({len(plan.subset.rows)} objects, head epochs "
+            f"{[h['epochs_run'] for h in hist]}) val: {headline(v)}")
     limit = SIGMA_TOLERANCE * before_val["sigma_mad"]
-    eligible = [s for s in sweep if s["val"]["sigma_mad"] <= limit]
+    eligible = [i for i, s in enumerate(sweep) if s["val"]["sigma_mad"] <= limit]
     # none within the tolerance: the candidate closest to it (the σ_MAD target then fails on validation)
-    chosen = (min(eligible, key=lambda s: s["val"]["spec_z_trend_amplitude"]) if eligible
-              else min(sweep, key=lambda s: s["val"]["sigma_mad"]))
+    best = (min(eligible, key=lambda i: sweep[i]["val"]["spec_z_trend_amplitude"]) if eligible
+            else min(range(len(sweep)), key=lambda i: sweep[i]["val"]["sigma_mad"]))
+    chosen = candidates[best]
     n_th, scale = chosen["n_th"], chosen["edge_scale"]
-    cfg = DebiasConfig(n_th=n_th, edge_scale=scale, seed=seed)
-    plan, new_heads, hist, p_val, p_test = correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val,
-                                                   mag_val, grid, cfg)
+    cfg = DebiasConfig(**chosen, seed=seed)
+    plan, new_heads, hist, p_val, p_test = made[best]
     debiased = scores(p_test, plan.grid, z_test)
-    log(f"[{name}] debiased N_th={n_th} edge scale {scale} (test): {headline(debiased)}")
+    log(f"[{name}] debiased {describe(chosen)} (test): {headline(debiased)}")
     chain, step, p_after = photoz_calibrate(p_val, z_val, p_test, plan.grid)
     after = scores(p_after, plan.grid, z_test)
-    log(f"[{name}] after photo-z calibration (test): {headline(after)}")
+    log(f"[{name}] after photo-z calibration ({step.calibrator.summary()}) (test): {headline(after)}")
+    _, _, p_fixed = photoz_calibrate(p_val, z_val, p_test, plan.grid, fixed_min_per_bin=50)
+    after_fixed_bins = scores(p_fixed, plan.grid, z_test)
+    log(f"[{name}] after photo-z calibration with 50 objects per bin, no CV (test): {headline(after_fixed_bins)}")
     _, _, p_cal_only = photoz_calibrate(p_val0, z_val, p_test0, grid)
     calibrated_only = scores(p_cal_only, grid, z_test)
     log(f"[{name}] photo-z calibration without debiasing (test): {headline(calibrated_only)}")
     ablations = {}
-    for label, changes in (("no_soft_labels", {"soft_labels": False}), ("no_edge_shift", {"edge_shift": False}),
-                           ("balanced_only", {"soft_labels": False, "edge_shift": False}),
-                           ("no_balancing", {"n_th": 10**9})):
+    for label in ablation_names:
+        changes = ABLATIONS[label]
         c = DebiasConfig(**{**cfg.to_dict(), **changes})
         p2, _, _, pv, pt = correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val, grid, c)
-        ablations[label] = {"val": scores(pv, p2.grid, z_val, VAL_MIN_COUNT), "test": scores(pt, p2.grid, z_test)}
+        ablations[label] = {"val": scores(pv, p2.grid, z_val, vmin), "test": scores(pt, p2.grid, z_test)}
         log(f"[{name}] ablation {label} (test): {headline(ablations[label]['test'])}")
-    fitted = {"n_th": n_th, "edge_scale": scale,
+    fitted = {"n_th": n_th, "edge_scale": scale, "chosen": chosen, "val_min_count": vmin,
               "chosen_on": "validation rows: smallest spec-z trend amplitude (bins >= "
-              f"{VAL_MIN_COUNT} objects) with sigma_MAD <= {SIGMA_TOLERANCE} x the model's own",
+              f"{vmin} objects) with sigma_MAD <= {SIGMA_TOLERANCE} x the model's own",
               "none_within_sigma_tolerance_on_val": not eligible,
               "config": cfg.to_dict(), "grid": plan.grid.to_dict(), "mag_edges": plan.mag_edges.tolist(),
               "sigma_per_mag_bin": plan.sigma.tolist(), "sigma_fit_counts": plan.sigma_counts.tolist(),
               "edge_width_per_mag_bin": plan.edge_width.tolist(), "n_subset": int(len(plan.subset.rows)),
               "n_train": int(len(z_train)), "cells": plan.subset.to_dict(),
-              "head_epochs": [h["epochs_run"] for h in hist], "photoz_calibration": step.to_dict()}
+              "head_epochs": [h["epochs_run"] for h in hist], "head_converged": [h["converged"] for h in hist],
+              "photoz_calibration": step.to_dict()}
     result = {"n_train": int(len(z_train)), "n_val": int(len(z_val)), "n_test": int(len(z_test)),
               "before": before, "debiased": debiased, "after": after, "calibrated_only": calibrated_only,
+              "after_fixed_50_per_bin": after_fixed_bins,
               "before_val": before_val, "sweep": sweep, "ablations": ablations, "fitted": fitted}
     result["targets"] = {
         "trend_halves (debiased)": debiased["spec_z_trend_amplitude"] <= 0.5 * before["spec_z_trend_amplitude"],
@@ -183,8 +232,33 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
 # the mock: an image run
 
 
-def mock_case(run: Path, cubes: Path, work: Path, n_th_grid, edge_scales, seed: int, batch_size: int, log,
-              max_train: int | None = None) -> dict[str, Any]:
+def largest_subset_rows(z_train, mag_train, mag_val, grid, n_th: int, seed: int) -> np.ndarray:
+    """Training rows of the balanced subset for ``n_th``, with the cells :func:`prepare_labels` uses."""
+    from zpix.debias.api import DebiasConfig
+    from zpix.debias.balance import balanced_subset, regular_edges
+
+    cfg = DebiasConfig(n_th=n_th, seed=seed)
+    z_edges = regular_edges(z_train, cfg.cell_dz, lo=grid.z_min, hi=grid.z_max)
+    mag_edges = regular_edges(np.concatenate([mag_train, mag_val]), cfg.cell_dmag)
+    return balanced_subset(z_train, mag_train, z_edges=z_edges, mag_edges=mag_edges, n_th=n_th, seed=seed).rows
+
+
+def spread_rows(h, rows: np.ndarray, n: int):
+    """``h`` (features of ``rows``) placed into arrays of ``n`` rows, NaN elsewhere: a row without
+    features that a head were trained on would turn its loss into NaN (checked in :func:`correct`)."""
+    from zpix.debias.head import HeadInputs
+
+    def full(a):
+        out = np.full((n, *a.shape[1:]), np.nan, dtype=np.float32 if a.dtype.kind == "f" else np.float64)
+        out[rows] = a
+        return out
+
+    return HeadInputs(full(h.features), None if h.ebv is None else full(h.ebv), full(h.probs), full(h.z),
+                      None if h.index is None else full(h.index))
+
+
+def mock_case(run: Path, cubes: Path, work: Path, candidates, seed: int, batch_size: int, log,
+              max_train: int | None = None, ablations=tuple(ABLATIONS)) -> dict[str, Any]:
     import torch
 
     from zpix.debias.api import module_with_head, r_magnitudes, write_debiased_run
@@ -222,13 +296,22 @@ def mock_case(run: Path, cubes: Path, work: Path, n_th_grid, edge_scales, seed: 
             out.append(h)
         return out
 
-    train_in, val_in, test_in = inputs("train", split.train), inputs("val", split.val), inputs("test", split.test)
     with CubeStore(cubes, validate=False) as store:
         z_all = np.asarray(store.z_spec, dtype=np.float64)
     mag_train, mag_val = r_magnitudes(cubes, split.train), r_magnitudes(cubes, split.val)
+    # subsets are nested in N_th (one random order per cell): only the largest one's rows need features,
+    # unless the no-balancing ablation (every training row) is asked for
+    needed = np.arange(len(split.train))
+    if "no_balancing" not in ablations:
+        needed = largest_subset_rows(z_all[split.train], mag_train, mag_val, grid,
+                                     max(c["n_th"] for c in candidates), seed)
+    part = inputs("train", split.train[needed])
+    train_in = [spread_rows(h, needed, len(split.train)) for h in part]
+    val_in, test_in = inputs("val", split.val), inputs("test", split.test)
     result, made = run_case("mock_sdss", [pdf_head(m) for m in members], train_in, val_in, test_in,
                             z_all[split.train], mag_train, z_all[split.val], mag_val, z_all[split.test], grid,
-                            n_th_grid, edge_scales, seed, log)
+                            candidates, seed, log, ablations)
+    result["n_train_with_features"] = int(len(needed))
     # the same correction as ordinary run directories, predicted like any run
     from zpix.calibration import calibrate
     from zpix.pdf import pdf_mean
@@ -245,16 +328,20 @@ def mock_case(run: Path, cubes: Path, work: Path, n_th_grid, edge_scales, seed: 
                                                                  "grid": plan.grid.to_dict()}})
         calibrated_dir = stamp_dir / "debiased_photoz"
         calibrate(debiased_dir, calibrated_dir, ["photoz"], cubes=str(cubes), device="cpu")
-        pred = predict(calibrated_dir, cubes, stamp_dir / "test_predictions", rows=split.test, num_workers=1,
-                       progress=False, device="cpu")
+        # a share of the test rows is enough to show that the run directories predict the same numbers
+        check = split.test[:N_PREDICT_CHECK]
+        # fp32 like the in-memory numbers ("auto" may pick bf16 on this hardware)
+        pred = predict(calibrated_dir, cubes, stamp_dir / "test_predictions", rows=check, num_workers=1,
+                       progress=False, device="cpu", precision="32")
         p = read_predictions(pred)
         order = np.argsort(p.catalog["id"].to_numpy())
         zp_dir = p.catalog["z_mean"].to_numpy()[order]
         with CubeStore(cubes, validate=False) as store:
-            ids = np.asarray(store.ids)[split.test]
-        zp_mem = pdf_mean(made["p_test_after"], plan.grid)[np.argsort(ids)]
+            ids = np.asarray(store.ids)[check]
+        zp_mem = pdf_mean(made["p_test_after"][:len(check)], plan.grid)[np.argsort(ids)]
         result["run_directories"] = {"debiased": str(debiased_dir), "calibrated": str(calibrated_dir),
-                                     "predict_max_abs_diff_z_mean": float(np.max(np.abs(zp_dir - zp_mem)))}
+                                     "predict_max_abs_diff_z_mean": float(np.max(np.abs(zp_dir - zp_mem))),
+                                     "predict_check_rows": int(len(check))}
         log(f"[mock_sdss] zpix predict on the calibrated run dir vs in-memory: max |Δz_mean| = "
             f"{result['run_directories']['predict_max_abs_diff_z_mean']:.2e}")
     except Exception as err:  # noqa: BLE001 - recorded, not hidden
@@ -269,7 +356,7 @@ def mock_case(run: Path, cubes: Path, work: Path, n_th_grid, edge_scales, seed: 
 # the real catalogue: the magnitude network
 
 
-def mgs_case(n_th_grid, edge_scales, seed: int, log) -> dict[str, Any] | None:
+def mgs_case(candidates, seed: int, log, ablations=tuple(ABLATIONS)) -> dict[str, Any] | None:
     if not MGS.is_dir():
         log(f"[sdss_mgs] {MGS} is not available (../shared is absent); skipped")
         return None
@@ -299,7 +386,7 @@ def mgs_case(n_th_grid, edge_scales, seed: int, log) -> dict[str, Any] | None:
     mag_fit, mag_val = fit.dereddened()[:, r], val.dereddened()[:, r]
     result, _ = run_case("sdss_mgs", [pdf_head(module)], ins["train"], ins["val"], ins["test"],
                          fit.z_spec.astype(np.float64), mag_fit, val.z_spec.astype(np.float64), mag_val,
-                         test.z_spec.astype(np.float64), model.grid, n_th_grid, edge_scales, seed, log)
+                         test.z_spec.astype(np.float64), model.grid, candidates, seed, log, ablations)
     result["data"] = {"catalogue": "SDSS MGS (MLZ SDSS_MGS.train / .test)", "model": "hybrid-mags (PDF head)",
                       "magnet_training": summary}
     return result
@@ -310,30 +397,42 @@ def mgs_case(n_th_grid, edge_scales, seed: int, log) -> dict[str, Any] | None:
 @click.option("--cubes", type=click.Path(exists=True, dir_okay=False), help="Its cube store.")
 @click.option("--work", default="runs/bench/bias_correction", show_default=True,
               help="Feature cache and the written run directories.")
-@click.option("--n-th", "n_th_grid", default=",".join(map(str, N_TH_GRID)), show_default=True,
-              help="Candidate N_th values (chosen on validation rows).")
-@click.option("--edge-scale", "edge_scales", default=",".join(map(str, EDGE_SCALE_GRID)), show_default=True,
-              help="Candidate edge-shift widths (units of the step-1 σ_MAD per magnitude bin).")
+@click.option("--n-th", "n_th_grid", default="", help="Candidate N_th values, for both cases (default: "
+              f"{N_TH_GRID}; chosen on validation rows).")
+@click.option("--edge-scale", "edge_scales", default="", help="Candidate edge-shift widths in units of the step-1 "
+              f"σ_MAD per magnitude bin, for both cases (default: {EDGE_SCALE_GRID}).")
 @click.option("--cases", default="mock_sdss,sdss_mgs", show_default=True)
 @click.option("--max-train", type=int, default=None, help="Use only the first N training rows of --run (a quick look).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="torch threads (the machine is shared).")
 @click.option("--batch-size", default=128, show_default=True)
+@click.option("--ablations", "ablation_list", default=",".join(ABLATIONS), show_default=True,
+              help="Ablations to run at the chosen configuration (comma-separated; 'none' for none).")
 @click.option("--out", default=str(RESULTS / "bias_correction.json"), show_default=True)
 @click.option("--include", "include", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Results file of an earlier invocation (same commit) whose cases are added to this one's.")
 def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_scales: str, cases: str,
-         max_train: int | None, seed: int, threads: int, batch_size: int, out: str, include: str | None) -> None:
+         max_train: int | None, seed: int, threads: int, batch_size: int, ablation_list: str, out: str,
+         include: str | None) -> None:
     import torch
 
+    ablations = tuple(a for a in ablation_list.split(",") if a and a != "none")
+    unknown = set(ablations) - set(ABLATIONS)
+    if unknown:
+        raise click.BadParameter(f"unknown ablation(s) {sorted(unknown)}; known: {', '.join(ABLATIONS)}")
+
     torch.set_num_threads(threads)
-    grid = tuple(int(x) for x in n_th_grid.split(","))
-    scales = tuple(float(x) for x in edge_scales.split(","))
+    def candidates(case: str) -> list[dict[str, Any]]:
+        grid = tuple(int(x) for x in n_th_grid.split(",")) if n_th_grid else N_TH_GRID[case]
+        scales = tuple(float(x) for x in edge_scales.split(",")) if edge_scales else EDGE_SCALE_GRID
+        return candidate_grid(grid, scales, () if n_th_grid or edge_scales else EXTRA_CANDIDATES[case])
+
     wanted = set(cases.split(","))
     doc: dict[str, Any] = {**stamp(), "method": "Lin et al. 2022 bias correction (zpix.debias) + photo-z "
-                           "calibration (zpix.calibration.photoz)", "n_th_grid": list(grid),
-                           "edge_scale_grid": list(scales),
-                           "sigma_tolerance": SIGMA_TOLERANCE, "runs": {}, "log": []}
+                           "calibration (zpix.calibration.photoz)",
+                           "candidates": {c: candidates(c) for c in ("mock_sdss", "sdss_mgs")},
+                           "sigma_tolerance": SIGMA_TOLERANCE, "ablations": list(ablations), "runs": {},
+                           "log": []}
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -343,11 +442,11 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
         if run is None or cubes is None:
             log("[mock_sdss] needs --run and --cubes; skipped")
         else:
-            doc["runs"]["mock_sdss"] = mock_case(Path(run), Path(cubes), Path(work), grid, scales, seed,
-                                                 batch_size, log, max_train)
+            doc["runs"]["mock_sdss"] = mock_case(Path(run), Path(cubes), Path(work), candidates("mock_sdss"), seed,
+                                                 batch_size, log, max_train, ablations)
             write_json(Path(out), doc)
     if "sdss_mgs" in wanted:
-        res = mgs_case(grid, scales, seed, log)
+        res = mgs_case(candidates("sdss_mgs"), seed, log, ablations)
         if res is not None:
             doc["runs"]["sdss_mgs"] = res
     if include:

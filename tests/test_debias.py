@@ -73,6 +73,28 @@ def test_edge_shift_moves_labels_outward_at_the_edges_only():
     assert mu[0] - z[0] < mu[1] - z[1]  # the nearer the edge, the larger the shift
 
 
+def test_range_edge_density_moves_labels_only_near_the_range_edges():
+    """edge_density="range": the neighbourhood is modified by the range edges alone, so a label in the
+    middle of a steeply falling n(z) stays put, while the balanced density moves it (it slopes there)."""
+    rng = np.random.default_rng(3)
+    z = np.clip(rng.gamma(3, 0.03, 3000), 0.0, 0.38)
+    mag = rng.uniform(15, 17.5, z.size)
+    grid = RedshiftGrid(180, 0.0, 0.4)
+    zphot = z + rng.normal(0, 0.02, z.size)
+    plans = {d: prepare_labels(z_train=z, mag_train=mag, z_val=z, mag_val=mag, zphot_val=zphot, grid=grid,
+                               config=DebiasConfig(n_th=10**6, edge_density=d, soft_labels=False))
+             for d in ("balanced", "range")}
+    zt = z[plans["range"].subset.rows]
+    mid = (zt > 0.15) & (zt < 0.2)
+    low = zt < 0.01
+    shift = {d: p.mu - zt for d, p in plans.items()}
+    assert np.abs(shift["range"][mid]).max() < 1e-3 < np.abs(shift["balanced"][mid]).mean()
+    assert shift["range"][low].max() < -0.005  # low range edge: labels move below z
+    with pytest.raises(ValueError, match="edge_density"):
+        prepare_labels(z_train=z, mag_train=mag, z_val=z, mag_val=mag, zphot_val=zphot, grid=grid,
+                       config=DebiasConfig(edge_density="flat"))
+
+
 def test_soft_labels_on_an_extended_grid():
     grid = RedshiftGrid(40, 0.0, 0.4)
     big = extended_grid(grid, 0.03)
@@ -125,6 +147,13 @@ def test_retrained_head_learns_soft_labels_from_frozen_features():
     zp = pdf_mean(head_probs(head, feats, np.zeros(800, np.float32)), grid)
     assert hist["val_loss"][-1] < hist["val_loss"][0]
     assert np.median(np.abs(zp - z)) < 0.01 < np.median(np.abs(z - 0.2))
+    # early stopping ends a long run (converged); a run cut by the epoch limit says it is not
+    _, long = train_head(pdf_head(module), (feats, ebv, targets), (feats[:200], ebv[:200], targets[:200], None),
+                         lr=3e-2, epochs=200, patience=3, batch_size=32)
+    _, short = train_head(pdf_head(module), (feats, ebv, targets), (feats[:200], ebv[:200], targets[:200], None),
+                          lr=1e-4, epochs=2, batch_size=32)
+    assert long["converged"] and long["epochs_run"] < 200
+    assert not short["converged"] and short["epochs_run"] == 2
 
 
 def test_prepare_labels_fits_sigma_per_magnitude_and_weights_validation_to_the_balanced_density():

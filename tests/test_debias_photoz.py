@@ -46,3 +46,37 @@ def test_shift_pdfs_moves_the_mean_by_delta():
     p = gaussian_pdfs(np.array([0.1, 0.2]), 0.02, grid)
     out = shift_pdfs(p, grid, np.array([0.0133, -0.021]))
     np.testing.assert_allclose(pdf_mean(out, grid) - pdf_mean(p, grid), [0.0133, -0.021], atol=2e-5)
+
+
+def test_photoz_bin_size_chosen_by_cross_validation_prefers_pooling_pure_noise():
+    """With no residual trend at fixed photo-z (z_spec = z_phot + noise, so E[z_spec | z_phot] = z_phot),
+    every bin mean is noise: cross-validation must pick the largest bin size offered, and the chain must
+    record the choice and its scores."""
+    from zpix.calibration.photoz import PhotoZCalibration
+
+    rng = np.random.default_rng(11)
+    grid = RedshiftGrid(180, 0.0, 0.4)
+    z_phot = rng.uniform(0.05, 0.3, 3000)
+    z_spec = z_phot + rng.normal(0, 0.03, z_phot.size)
+    p = gaussian_pdfs(z_phot, 0.02, grid)
+    chain = Calibration(grid)
+    step = chain.fit_step(PhotoZCalibration(min_per_bin_grid=[10, 3000]), probs=p, z_spec=z_spec)
+    d = step.to_dict()
+    assert step.calibrator.min_per_bin == 3000
+    assert json.loads(json.dumps(chain.to_dict()))["steps"][0] == d
+    again = Calibration.from_dict(json.loads(json.dumps(chain.to_dict())))
+    assert again.steps[0].calibrator.cv_scores == step.calibrator.cv_scores
+    assert step.calibrator.cv_scores[10] > step.calibrator.cv_scores[3000]
+
+
+def test_photoz_bin_size_chosen_by_cross_validation_follows_a_real_trend():
+    """A steep residual trend needs resolution: the one-bin candidate (a constant shift) loses."""
+    from zpix.calibration.photoz import PhotoZCalibration
+
+    rng = np.random.default_rng(12)
+    grid = RedshiftGrid(180, 0.0, 0.4)
+    z_spec = rng.uniform(0.05, 0.3, 4000)
+    z_phot = 0.17 + 0.5 * (z_spec - 0.17) + rng.normal(0, 0.005, z_spec.size)  # strong pull to the middle
+    cal = PhotoZCalibration(min_per_bin_grid=[50, 4000])
+    Calibration(grid).fit_step(cal, probs=gaussian_pdfs(z_phot, 0.01, grid), z_spec=z_spec)
+    assert cal.min_per_bin == 50

@@ -19,16 +19,20 @@ import click
               help="Relocate labels against under-populated edges, on an output grid extended by --extend.")
 @click.option("--edge-scale", default=1.0, show_default=True,
               help="Edge-shift neighbourhood width, in units of the run's σ_MAD(z) per r bin on validation rows.")
+@click.option("--edge-density", type=click.Choice(["balanced", "range"]), default="balanced", show_default=True,
+              help="What modifies the edge-shift neighbourhood: the balanced subset's n(z), or the range edges only.")
 @click.option("--extend", default=0.03, show_default=True, help="Output range extension at each end (z).")
 @click.option("--mag-column", default="r_mag", show_default=True,
               help="Catalogue column of the r magnitude (else the stored 'r' magnitude).")
-@click.option("--epochs", default=40, show_default=True, help="Head retraining epochs (early stopping on validation).")
-@click.option("--lr", default=3e-4, show_default=True, help="Head retraining learning rate.")
+@click.option("--epochs", default=200, show_default=True,
+              help="Head retraining epochs at most (early stopping on validation).")
+@click.option("--lr", default=1e-3, show_default=True, help="Head retraining learning rate.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--batch-size", default=128, show_default=True, help="Inference batch for the frozen features.")
 @click.option("--device", default="cpu", show_default=True)
 def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: float, cell_dmag: float,
-                   soft_labels: bool, edge_shift: bool, edge_scale: float, extend: float, mag_column: str,
+                   soft_labels: bool, edge_shift: bool, edge_scale: float, edge_density: str, extend: float,
+                   mag_column: str,
                    epochs: int, lr: float, seed: int, batch_size: int, device: str) -> None:
     """Retrain RUN's classification heads for unbiased redshifts w.r.t. spec-z; write the new run to --out.
 
@@ -37,7 +41,8 @@ def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: fl
     from zpix.debias import DebiasConfig, debias_run
 
     config = DebiasConfig(n_th=n_th, cell_dz=cell_dz, cell_dmag=cell_dmag, soft_labels=soft_labels,
-                          edge_shift=edge_shift, edge_scale=edge_scale, extend=extend, mag_column=mag_column,
+                          edge_shift=edge_shift, edge_scale=edge_scale, edge_density=edge_density, extend=extend,
+                          mag_column=mag_column,
                           epochs=epochs, lr=lr, seed=seed)
     try:
         info = debias_run(run, out, cubes=cubes, config=config, device=device, batch_size=batch_size)

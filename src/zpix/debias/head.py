@@ -184,7 +184,9 @@ def train_head(
                 break
     head.load_state_dict(best_state)
     head.eval()
-    return head, {**history, "best_val_loss": best, "epochs_run": len(history["train_loss"])}
+    # converged: early stopping ended the run (the validation loss stopped improving before the epoch limit)
+    return head, {**history, "best_val_loss": best, "epochs_run": len(history["train_loss"]),
+                  "converged": bool(val is not None and since >= patience)}
 
 
 @torch.inference_mode()
