@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--weight", type=float, default=1.0, help="final adversarial weight w of the ramp")
     parser.add_argument("--controls", action="store_true", help="also guided-only and paired-only adaptation")
+    parser.add_argument("--control-seeds", type=int, nargs="+", default=None,
+                        help="seeds of the controls (default: --seeds), where the budget allows fewer")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
     parser.add_argument("--partial", action="store_true", help="train/score the runs asked for, write no JSON")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -460,8 +462,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tests = {"target": (target_test, test_rows, z_target_test), "source": (source, split.test, z_source_test)}
     common = {"model": "pasquet2019-small", "epochs": args.epochs, "batch": args.batch_size}
     per_seed: dict[str, list[dict[str, Any]]] = {k: [] for k in methods}
-    for seed in args.seeds:
+    control_seeds = args.seeds if args.control_seeds is None else args.control_seeds
+    for seed in sorted(set(args.seeds) | set(control_seeds)):
         for key, domain in methods.items():
+            if seed not in (control_seeds if key in CONTROLS else args.seeds):
+                continue
             train = {"out": workdir / f"{key}_s{seed}", "seed": seed, **common}
             if key == "oracle":
                 train.update(cubes=pool, split=oracle_split)
@@ -494,6 +499,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fields": fields_doc,
         "budget": {"model": "pasquet2019-small", "epochs": args.epochs, "batch_size": args.batch_size,
                    "optimizer": "Adam lr 1e-3", "lr_schedule": "cosine", "seeds": args.seeds,
+                   "control_seeds": control_seeds if args.controls else [],
                    "da_weight": args.weight, "da_ramp": "Ganin 2/(1+exp(-10p))-1",
                    "da_checkpoint": "last epoch (no target labels to select on)",
                    "other_checkpoints": "lowest source (oracle: target) validation loss",
