@@ -8,12 +8,11 @@ coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method
   ``runs/bench/p19s_20k``): the calibration is fitted on the run's validation rows, scored on its test rows;
 * ``knn_mgs`` and ``magnet_mgs`` — the k-NN and magnitude-network baselines on the real SDSS MGS
   catalogue (``../shared``; skipped where absent), trained on 60% of SDSS_MGS.train, calibrated on the
-  other 40% (2000 objects, seeded draw: ``auto`` fits no map on fewer than MIN_AUTO = 2000), scored on
-  SDSS_MGS.test;
+  other 40% (2000 objects, seeded draw), scored on SDSS_MGS.test;
 * ``kids_regression`` — the KiDS hybrid's regression head, magnitudes branch only (``hybrid-mags``), trained
   on a 12,000-object KiDS mock with 30% test rows and 30% of the rest as validation rows (not the
-  preset's 15% and 15%: ≥ 2000 validation objects for ``auto``, and enough test objects that a calibrated
-  model's own PIT KS is below 0.02; ``--kids-cubes``; skipped where absent).
+  preset's 15% and 15%: 2,520 validation objects, and enough test objects that a calibrated model's own
+  PIT KS is below 0.02; ``--kids-cubes``; skipped where absent).
 
 ``flags``: on the mock's test rows, the ROC AUC of each score for |Δz| > 0.05 (Δz = (z_mean − z_spec)/(1 +
 z_spec), after calibration) and η after removing the 5/10/20% worst-flagged (``quality``) objects versus
@@ -487,13 +486,13 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
 @click.option("--noise-repeats", default=5, show_default=True, help="noise_vs_n: fitting sets drawn per size.")
 @click.option("--n-features", default=5000, show_default=True, help="Training rows whose features are stored.")
 @click.option("--val-fraction", default=0.4, show_default=True,
-              help="MGS: part of the training file for fitting (0.4: 2000 objects, auto's MIN_AUTO).")
+              help="MGS: part of the training file for fitting (0.4: 2000 objects).")
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--kids-cubes", type=click.Path(dir_okay=False), default="runs/calib/kids12k.h5", show_default=True,
               help="KiDS mock (zpix simulate --survey kids) for the kids_regression case.")
 @click.option("--kids-epochs", default=20, show_default=True)
 @click.option("--kids-val-fraction", default=0.3, show_default=True,
-              help="KiDS: validation part of the non-test rows (the preset's 0.176 leaves < MIN_AUTO).")
+              help="KiDS: validation part of the non-test rows (0.3 of 8,400: 2,520 objects).")
 @click.option("--kids-test-fraction", default=0.3, show_default=True,
               help="KiDS test rows (the preset's 0.15 of 12,000 leaves 1,800: a perfectly calibrated model's PIT KS "
                    "there is 0.87/sqrt(1800) = 0.021 on average, above the target).")
