@@ -14,7 +14,7 @@ from conftest import write_toy_cubes
 import zpix
 from zpix import hardware
 from zpix.models import create_model
-from zpix.precision import body_modules, cast_body, fp32_modules, keep_ends_fp32
+from zpix.precision import body_modules, cast_body, fp32_modules, keep_ends_fp32, runs_in_bf16
 from zpix.prediction.format import read_predictions
 from zpix.prediction.streaming import load_ensemble, member_probabilities
 from zpix.training.config import TrainConfig
@@ -45,6 +45,21 @@ def test_partition_keeps_the_pixel_convolution_and_the_head_in_fp32():
     multi = create_model("multimodal-small")
     assert body_modules(multi) == ["stems.layers.2", "trunk"]
     assert fp32_modules(multi)[0] == "stems.layers.0"
+
+
+def test_a_model_without_convolutions_stays_fp32_in_bf16():
+    # the magnitude network is all 'convolution-free parts': bf16 inference must be its fp32 inference
+    # (it used to raise, so `zpix predict` with the default precision failed on a bf16 machine)
+    torch.manual_seed(0)
+    model = create_model("hybrid-mags", n_bins=40).eval()
+    mags, ebv = torch.rand(6, model.mag_net.n_mags) * 5 + 15, torch.rand(6) * 0.1
+    with torch.no_grad():
+        ref = model(None, ebv, mags)
+        cast = cast_body(copy.deepcopy(model))
+        assert not runs_in_bf16(cast)
+        assert all(p.dtype == torch.float32 for p in cast.parameters())
+        torch.testing.assert_close(cast(None, ebv, mags), ref, rtol=0, atol=0)
+    assert runs_in_bf16(cast_body(tiny_model()))
 
 
 def test_cast_body_runs_the_trunk_in_bf16_and_returns_fp32():

@@ -88,8 +88,9 @@ def test_checkpoint_reload_gives_identical_predictions(trained):
 def test_streaming_ensemble_prediction(trained, tmp_path):
     cubes, result = trained
     rows = np.arange(300)[::-1][:150]  # unsorted rows, many batches
+    # fp32, like load_ensemble's default below ("auto" may pick bf16 on this machine)
     out = zpix.predict(result.run_dir, cubes, tmp_path / "pred", rows=rows, batch_size=16, num_workers=0,
-                       progress=False)
+                       progress=False, precision="32")
     pred = read_predictions(out)
     assert len(pred) == 150 and pred.pdfs.shape == (150, 40)
     np.testing.assert_array_equal(pred.catalog["id"], rows)  # ids of the toy store equal rows

@@ -102,18 +102,22 @@ def cast_body(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> nn.Modul
     """Inference in mixed precision: the body's weights in ``dtype``, everything else in fp32 (in place).
 
     Each body module receives its inputs cast to ``dtype`` and returns fp32, so the code around it
-    (pools, concatenations, the head) sees the same types as in fp32.  Returns ``model``.
+    (pools, concatenations, the head) sees the same types as in fp32.  A model without a convolutional
+    body (the magnitude network) is left as it is: by the policy above its parts all stay fp32, so bf16
+    and fp32 are the same computation for it.  Returns ``model``.
     """
-    names = body_modules(model)
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no convolutional body to run in {dtype}")
-    for name in names:
+    for name in body_modules(model):
         module = model.get_submodule(name)
         if _wrapped(module):
             continue
         module.to(dtype)
         module.forward = _PrecisionForward(module, dtype, torch.float32)
     return model
+
+
+def runs_in_bf16(model: nn.Module) -> bool:
+    """True when :func:`cast_body` has put some of ``model`` in bf16."""
+    return any(_wrapped(model.get_submodule(name)) for name in body_modules(model))
 
 
 def keep_ends_fp32(model: nn.Module) -> nn.Module:

@@ -22,7 +22,7 @@ from zpix.atomic import AtomicDir
 from zpix.hardware import inference_chunk, inference_precision, predict_batch
 from zpix.pdf import RedshiftGrid
 from zpix.plain_types import to_plain
-from zpix.precision import cast_body
+from zpix.precision import cast_body, runs_in_bf16
 from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions
 from zpix.prediction.journal import ChunkJournal, file_identity, rows_digest
 from zpix.runs import RunInputError, check_inputs, checkpoint_paths, select_rows
@@ -171,6 +171,8 @@ def predict(
     quality = load_quality(model) if calibrate else None
     members = members or load_ensemble(model, device, precision=precision)
     first = members[0]
+    # what the networks really compute in (a magnitude network has no body to put in bf16)
+    precision = "bf16" if any(runs_in_bf16(m.model) for m in members) else "32"
     grid = RedshiftGrid.from_dict(first.hparams.grid)
     # whether the network reads magnitudes is the trained model's own property (a hybrid-images run has
     # none), never the factory's default n_mags

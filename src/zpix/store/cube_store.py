@@ -18,8 +18,9 @@ place only when the writer closes cleanly, so a file with the final name is alwa
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,7 +217,20 @@ class CubeStore:
             raise CubeStoreError(f"{self.path} is not a readable HDF5 cube store ({err}); "
                                  "re-create it with `zpix import` or `zpix simulate`") from err
         if validate:
-            self._validate()
+            with self._reading("its datasets"):
+                self._validate()
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Turn a read that a damaged file breaks (h5py raises OSError, KeyError or RuntimeError from
+        deep inside HDF5) into one CubeStoreError naming the file."""
+        try:
+            yield
+        except CubeStoreError:
+            raise
+        except (OSError, KeyError, RuntimeError) as err:
+            raise CubeStoreError(f"{self.path}: cannot read {what} ({err}): the file is damaged or truncated; "
+                                 "re-create it with `zpix import` or `zpix simulate`") from err
 
     # -- validation ---------------------------------------------------------------------------
     def _fail(self, what: str, fix: str) -> None:
@@ -313,16 +327,17 @@ class CubeStore:
     # -- data ---------------------------------------------------------------------------------
     def images(self, index: slice | Sequence[int] | np.ndarray) -> np.ndarray:
         """Images for rows ``index`` (a slice or sorted/unsorted integer rows)."""
-        ds = self.file["images"]
-        if isinstance(index, slice):
-            out = ds[index]
-        else:
-            rows = np.asarray(index, dtype=np.int64).reshape(-1)
-            out = np.empty((len(rows), *ds.shape[1:]), np.float32)
-            if len(rows):
-                # h5py fancy indexing wants increasing unique rows
-                uniq, inverse = np.unique(rows, return_inverse=True)
-                out[:] = ds[uniq][inverse]
+        with self._reading("'images'"):
+            ds = self.file["images"]
+            if isinstance(index, slice):
+                out = ds[index]
+            else:
+                rows = np.asarray(index, dtype=np.int64).reshape(-1)
+                out = np.empty((len(rows), *ds.shape[1:]), np.float32)
+                if len(rows):
+                    # h5py fancy indexing wants increasing unique rows
+                    uniq, inverse = np.unique(rows, return_inverse=True)
+                    out[:] = ds[uniq][inverse]
         if self.on_bad == "zero":
             out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         return out
@@ -331,7 +346,8 @@ class CubeStore:
         """A whole 1-D or 2-D per-object dataset (z_spec, ebv, ids, mags, mag_errs, catalog/<c>)."""
         if name not in self.file:
             raise CubeStoreError(f"{self.path} has no '{name}'; available: {self.available()}")
-        values = self.file[name][:]
+        with self._reading(f"'{name}'"):
+            values = self.file[name][:]
         if values.dtype.kind == "O":
             values = values.astype(str)
         return values
