@@ -281,11 +281,17 @@ def bias_table() -> list[str]:
            "| case | stage | σ_MAD | spec-z trend amplitude | N(z) KS | max \\|Δ⟨z⟩\\| (5 bins) |",
            "|---|---|---|---|---|---|"]
     stages = (("before", "before"), ("debiased", "debiased (steps 1-3)"),
-              ("after", "debiased + photo-z calibration"), ("calibrated_only", "photo-z calibration alone"))
+              ("after", "debiased + photo-z calibration"),
+              ("after_fixed_50_per_bin", "… calibration with 50 per bin (variant, not the chosen rule)"),
+              ("calibrated_only", "photo-z calibration alone"))
     for case, r in doc["runs"].items():
         f = r["fitted"]
-        label = (f"{case} ({r['n_train']:,} train, N_th {f['n_th']}, edge scale {f['edge_scale']})")
+        density = f.get("chosen", {}).get("edge_density", "balanced")
+        label = (f"{case} ({r['n_train']:,} train, N_th {f['n_th']}, edge scale {f['edge_scale']}"
+                 f"{', range-edge density' if density == 'range' else ''})")
         for key, name in stages:
+            if key not in r:
+                continue
             m = r[key]
             out.append(f"| {label if key == 'before' else ''} | {name} | {m['sigma_mad']:.5f} | "
                        f"{m['spec_z_trend_amplitude']:.4f} | {m['nz_ks']:.4f} | {m['max_tomo_bias']:.4f} |")
