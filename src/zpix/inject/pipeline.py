@@ -13,7 +13,8 @@ The Balrog approach (Suchyta et al. 2016; Everett et al. 2022) with the mock of 
    ``SeedSequence([seed, 2, field, copy])``), galaxies rendered through that field's PSF per band
    (:mod:`zpix.inject.render`) with their photon noise (``SeedSequence([seed, 3, galaxy, band])``)
    and the field's E(B−V) with the SDSS coefficients, added to the real frames.
-4. **Measure** the catalogue on the injected frames (:mod:`zpix.inject.measure`).
+4. **Measure** the catalogue on the injected frames (:mod:`zpix.inject.measure`); the background
+   estimate sees the frames dequantised by ``SeedSequence([seed, 4, field, copy])``.
 5. **Cut out** the injected galaxies with :func:`zpix.ingest.cutouts.make_cutouts` (the path of
    ``zpix cutouts``: Lanczos-3 onto a north-up TAN grid centred on each galaxy) from the injected
    frame copies, which are written as FITS in the work directory and deleted once cut.
@@ -53,7 +54,7 @@ from zpix.inject.psf import (
     read_frame,
 )
 
-FORMAT_NOTE = "zpix.inject/1"
+FORMAT_NOTE = "zpix.inject/2"  # /2: the background of the catalogue photometry is dequantised
 DEFAULT_PER_COPY = 100
 SDSS_EXTINCTION = (4.239, 3.303, 2.285, 1.698, 1.263)  # Schlafly & Finkbeiner 2011, as the sdss preset
 APERTURE_DIAMETER = 3.0  # arcsec: the recovery check's aperture (SDSS fiber magnitude size)
@@ -176,7 +177,8 @@ def run_copy(*, cal_dir: str, field_id: str, field_index: int, copy: int, gal: d
     meas = measure({b: injected[b] for b in SDSS_BANDS}, {b: frames[b].wcs for b in SDSS_BANDS},
                    {b: cal.bands[b].sky_noise for b in SDSS_BANDS},
                    {b: cal.bands[b].electrons_per_nmgy for b in SDSS_BANDS}, ra, dec,
-                   pixel_scale=cal.bands["r"].pixel_scale)
+                   pixel_scale=cal.bands["r"].pixel_scale, count_step={b: frames[b].calib for b in SDSS_BANDS},
+                   rng=np.random.default_rng(np.random.SeedSequence([seed, 4, field_index, copy])))
     from scipy.spatial import cKDTree
 
     chord, _ = cKDTree(_unit(cal.real_sources[:, 0], cal.real_sources[:, 1])).query(_unit(ra, dec))
