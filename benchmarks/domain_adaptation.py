@@ -262,8 +262,10 @@ def digest(rows: np.ndarray) -> str:
 
 
 def scored_run(key: str, seed: int, out: Path, train: dict[str, Any], tests: dict[str, tuple[Path, np.ndarray,
-               np.ndarray]]) -> dict[str, Any]:
-    """Train (or reuse) one run and score it on each test set; scores cached in ``out/da_scores.json``."""
+               np.ndarray]], gather_only: bool = False) -> dict[str, Any] | None:
+    """Train (or reuse) one run and score it on each test set; scores cached in ``out/da_scores.json``.
+
+    ``gather_only``: None instead of training a run that has no cached scores."""
     cache = out / "da_scores.json"
     stamp = {name: [str(path), digest(rows)] for name, (path, rows, _) in tests.items()}
     if cache.is_file():
@@ -271,6 +273,9 @@ def scored_run(key: str, seed: int, out: Path, train: dict[str, Any], tests: dic
         if saved.get("tests") == stamp:
             print(f"reusing {out.name} and its scores", flush=True)
             return saved["record"]
+    if gather_only:
+        print(f"{out.name}: not run, left out", flush=True)
+        return None
     ckpt, member = train_run(**train)
     record: dict[str, Any] = {"seed": seed, "train_seconds": member["train_seconds"], "steps": member["steps"],
                               "commit": code_commit()["commit"][:12]}
@@ -298,6 +303,8 @@ def verdict_of(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Shares of the no_da → oracle target gap closed (σ_MAD, max_tomo_bias), the source cost, and the gaps
     beside their seed spread (a gap within it cannot be closed measurably)."""
     def closed(metric: str, method: str) -> float:
+        if method not in table:
+            return float("nan")
         gap = table["no_da"][metric] - table["oracle"][metric]
         return float((table["no_da"][metric] - table[method][metric]) / gap) if gap != 0 else float("nan")
 
@@ -371,6 +378,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="seeds of the controls (default: --seeds), where the budget allows fewer")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
     parser.add_argument("--partial", action="store_true", help="train/score the runs asked for, write no JSON")
+    parser.add_argument("--gather-only", action="store_true",
+                        help="train nothing: the JSON from the finished, scored runs among those asked for")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--docs", action="store_true", help="only rewrite docs/domain_adaptation.md from --out")
     args = parser.parse_args(argv)
@@ -480,10 +489,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else:
                 train.update(cubes=source, split=split, target_cubes=str(pool),
                              domain={"weight": args.weight, **domain})
-            per_seed[key].append(scored_run(key, seed, train["out"], train, tests))
+            record = scored_run(key, seed, train["out"], train, tests, args.gather_only)
+            if record is not None:
+                per_seed[key].append(record)
     if args.partial:
         return {}
-    missing = [k for k in ("no_da", "da", "da_no_guided", "oracle") if k not in per_seed]
+    per_seed = {k: v for k, v in per_seed.items() if v}
+    needed = ("no_da", "da", "oracle") if args.gather_only else ("no_da", "da", "da_no_guided", "oracle")
+    missing = [k for k in needed if k not in per_seed]
     if missing:
         raise SystemExit(f"the results JSON needs every method; {missing} not run (use --partial for a subset)")
 
@@ -512,6 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scaled_down": f"CPU budget: {args.n_train} training objects, {args.epochs} epochs, {stamp}x{stamp} stamps, "
                        f"{len(args.seeds)} seed(s)",
         "methods": table,
+        "not_run": [k for k in {**METHODS, **(CONTROLS if args.controls else {})} if k not in table],
         "verdict": verdict,
     }
     write_json(args.out, doc, indent=1)

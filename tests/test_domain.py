@@ -342,3 +342,7 @@ def test_benchmark_runs_on_held_out_fields_and_reuses_its_runs(tmp_path: Path, c
     assert json.loads(out.read_text())["verdict"]["target_met"] == v["target_met"]
     with pytest.raises(SystemExit, match="pins other fields"):  # another budget in the same workdir
         bench.main([*argv, "--epochs", "2", "--partial"])
+    # --gather-only trains nothing: runs never made (here the controls) are listed as not run
+    gathered = bench.main([*argv, "--gather-only", "--controls"])
+    assert set(gathered["methods"]) == set(doc["methods"]) and gathered["not_run"] == ["guided_only", "paired_only"]
+    assert not (tmp_path / "work" / "guided_only_s0").exists()
