@@ -177,6 +177,7 @@ def test_precision_choices(monkeypatch):
     with pytest.raises(ValueError, match="precision"):
         hardware.inference_precision("fp8")
     monkeypatch.setattr(hardware, "fast_bf16", lambda device="cpu": True)
+    monkeypatch.setattr(hardware, "BF16_INFERENCE_GUARD_PASSED", True)
     assert hardware.inference_precision("auto") == "bf16"
     assert hardware.training_precision("auto", "cpu") == "bf16-mixed"
     monkeypatch.setattr(hardware, "BF16_INFERENCE_GUARD_PASSED", False)

@@ -36,7 +36,9 @@ from typing import Any
 import torch
 
 #: Accuracy guard of bf16 inference (cast_body) on the trained test model passed: see module docstring.
-BF16_INFERENCE_GUARD_PASSED = True
+#: False since the guard was measured on the converged pasquet2019-small on an AMD EPYC (Zen 4): the bf16
+#: body moved the bias by +1.5e-4 (> 1e-4), most of it from rounding the trunk's weights (speed.json).
+BF16_INFERENCE_GUARD_PASSED = False
 #: bf16-mixed training reached fp32's σ_MAD within the seed-to-seed spread (speed.json, bf16_training).
 BF16_TRAINING_GUARD_PASSED = True
 
