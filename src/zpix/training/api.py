@@ -295,18 +295,27 @@ def train(config: TrainConfig | dict[str, Any] | str | Path, split: Split | None
     if cfg.debias and _debias_options(cfg)[1].exists():
         raise UnsafeOutputError(f"{_debias_options(cfg)[1]} exists; the debias block writes a new run there: "
                                 "remove it or set debias.out to another directory")
+    run_dir = _start_run(cfg, split, spec=spec)
+    return _train_members(cfg, split, run_dir)
+
+
+def _start_run(cfg: TrainConfig, split: Split, *, spec: InputSpec | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Claim ``cfg.out`` and write the split, the input spec (if any) and the config with the split's sizes
+    (plus ``extra``); a directory this call created is removed again if any of it fails."""
     run_dir = Path(cfg.out)
     created = _claim_run_dir(run_dir)
     try:
         split.save(run_dir / SPLIT_FILE)
-        spec.save(run_dir)
+        if spec is not None:
+            spec.save(run_dir)
         cfg.save(run_dir / CONFIG_FILE, extra={"n_train": len(split.train), "n_val": len(split.val),
-                                                "n_test": len(split.test)})
+                                                "n_test": len(split.test), **(extra or {})})
     except BaseException:
         if created:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return _train_members(cfg, split, run_dir)
+    return run_dir
 
 
 def train_table(config: TrainConfig | dict[str, Any] | str | Path, data: TableData, split: Split,
@@ -337,16 +346,7 @@ def train_table(config: TrainConfig | dict[str, Any] | str | Path, data: TableDa
     if getattr(module.model, "use_images", True) or not getattr(module.model, "use_mags", False):
         raise ValueError(f"model {cfg.model} does not read magnitudes alone; a table ({data.source}) has no "
                          "images: choose hybrid-mags")
-    run_dir = Path(cfg.out)
-    created = _claim_run_dir(run_dir)
-    try:
-        split.save(run_dir / SPLIT_FILE)
-        cfg.save(run_dir / CONFIG_FILE, extra={"n_train": len(split.train), "n_val": len(split.val),
-                                                "n_test": len(split.test), "table": data.describe()})
-    except BaseException:
-        if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    run_dir = _start_run(cfg, split, extra={"table": data.describe()})
     return _train_members(cfg, split, run_dir, data)
 
 
