@@ -24,6 +24,9 @@ import click
 @click.option("--extend", default=0.03, show_default=True, help="Output range extension at each end (z).")
 @click.option("--mag-column", default="r_mag", show_default=True,
               help="Catalogue column of the r magnitude (else the stored 'r' magnitude).")
+@click.option("--mag-channels", default=1, show_default=True, type=click.IntRange(min=1),
+              help="r-magnitude channels of the retrained head (M equal-count bins; its PDF is the marginal "
+              "Σ_m p(m|θ) p(z|m,θ)); 1: a single-channel head.")
 @click.option("--epochs", default=200, show_default=True,
               help="Head retraining epochs at most (early stopping on validation).")
 @click.option("--lr", default=1e-3, show_default=True, help="Head retraining learning rate.")
@@ -32,7 +35,7 @@ import click
 @click.option("--device", default="cpu", show_default=True)
 def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: float, cell_dmag: float,
                    soft_labels: bool, edge_shift: bool, edge_scale: float, edge_density: str, extend: float,
-                   mag_column: str,
+                   mag_column: str, mag_channels: int,
                    epochs: int, lr: float, seed: int, batch_size: int, device: str) -> None:
     """Retrain RUN's classification heads for unbiased redshifts w.r.t. spec-z; write the new run to --out.
 
@@ -42,7 +45,7 @@ def debias_command(run: str, out: str, cubes: str | None, n_th: int, cell_dz: fl
 
     config = DebiasConfig(n_th=n_th, cell_dz=cell_dz, cell_dmag=cell_dmag, soft_labels=soft_labels,
                           edge_shift=edge_shift, edge_scale=edge_scale, edge_density=edge_density, extend=extend,
-                          mag_column=mag_column,
+                          mag_column=mag_column, mag_channels=mag_channels,
                           epochs=epochs, lr=lr, seed=seed)
     try:
         info = debias_run(run, out, cubes=cubes, config=config, device=device, batch_size=batch_size)

@@ -68,6 +68,9 @@ class DebiasConfig:
     batch_size: int = 256
     weight_decay: float = 0.0
     seed: int = 0
+    # > 1: the head answers M r-magnitude channels x the redshift bins and its PDF is the marginal over them
+    # (zpix.debias.multichannel); 1 is the single-channel head
+    mag_channels: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,6 +99,8 @@ class LabelPlan:
     val_sigma: np.ndarray
     val_weight: np.ndarray  # importance weights: balanced / natural density of each validation object's cell
     config: DebiasConfig = field(default_factory=DebiasConfig)
+    mag: np.ndarray | None = None  # r magnitude of the subset rows (the magnitude channels)
+    val_mag: np.ndarray | None = None
 
     def train_targets(self) -> np.ndarray:
         return gaussian_labels(self.mu, self.label_sigma, self.grid)
@@ -104,7 +109,13 @@ class LabelPlan:
         return gaussian_labels(self.val_mu, self.val_sigma, self.grid)
 
     def to_dict(self) -> dict[str, Any]:
+        channels = {}
+        if self.config.mag_channels > 1:
+            from zpix.debias.multichannel import channel_record
+
+            channels = {"mag_channels": channel_record(self)}
         return {
+            **channels,
             "grid": self.grid.to_dict(), "base_grid": self.base_grid.to_dict(),
             "config": self.config.to_dict(),
             "mag_edges": self.mag_edges.tolist(),
@@ -184,7 +195,7 @@ def prepare_labels(
     ratio = (subset.kept / np.maximum(subset.counts, 1)).ravel()
     val_weight = ratio[flat_val]
     return LabelPlan(out_grid, grid, subset, mag_edges, sigma, counts, width, mu, sigma[m_tr], val_mu,
-                     sigma[m_val], val_weight, cfg)
+                     sigma[m_val], val_weight, cfg, mag_train[rows], mag_val)
 
 
 def retrain_heads(
@@ -196,9 +207,18 @@ def retrain_heads(
     """Retrain a copy of each member's head on its frozen features of the subset rows.
 
     ``train_inputs[k]`` must hold member k's features of exactly the subset rows, in ``plan.subset.rows``
-    order; ``val_inputs[k]`` those of all validation rows.
+    order; ``val_inputs[k]`` those of all validation rows.  With ``mag_channels`` > 1 the new heads have
+    magnitude channels (:func:`zpix.debias.multichannel.retrain_multichannel_heads`).
     """
     cfg = plan.config
+    if any(hasattr(h, "channel_config") for h in heads):
+        raise ValueError("this run's heads already have magnitude channels; debias the run they were debiased from")
+    if cfg.mag_channels != 1:
+        from zpix.debias.multichannel import retrain_multichannel_heads
+
+        if cfg.mag_channels < 1:
+            raise ValueError(f"mag_channels must be >= 1, got {cfg.mag_channels}")
+        return retrain_multichannel_heads(heads, train_inputs, val_inputs, plan)
     targets = plan.train_targets()
     val_targets = plan.val_targets()
     new_heads, histories = [], []
@@ -229,6 +249,9 @@ def module_with_head(module: Any, head: Any) -> Any:
     model_config = dict(hp["model_config"])
     model_config.update(n_bins=grid.n_bins, z_min=grid.z_min, z_max=grid.z_max)
     hp.update(model_config=model_config, grid=grid.to_dict(), compile="none")
+    if hasattr(head, "channel_config") or hp.get("head_channels"):
+        # a head with magnitude channels is rebuilt from this record when the checkpoint is loaded
+        hp["head_channels"] = head.channel_config() if hasattr(head, "channel_config") else None
     new = PhotoZModule(**hp)
     state = {k: v for k, v in module.model.state_dict().items() if not k.startswith("head.")}
     state.update({f"head.{k}": v for k, v in head.state_dict().items()})
@@ -412,6 +435,10 @@ def describe_debias(run_dir: str | os.PathLike) -> str | None:
                          f"{grid['n_bins']} bins on [{grid['z_min']:.4f}, {grid['z_max']:.4f}]")
         else:
             lines.append("  edge shift: off")
+        if "mag_channels" in d:
+            from zpix.debias.multichannel import describe_channels
+
+            lines.append(describe_channels(d["mag_channels"]))
         return "\n".join(lines)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a zpix debias record ({err!r})") from err

@@ -68,10 +68,15 @@ class PhotoZModule(L.LightningModule):
         lr_factor: float = 0.1,
         lr_patience: int = 2,
         compile: str = "none",
+        head_channels: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(model_name, **model_config)
+        if head_channels:  # a head retrained with r-magnitude channels (zpix debias --mag-channels)
+            from zpix.debias.multichannel import head_like
+
+            self.model.head = head_like(self.model.head, head_channels)
         self.grid = RedshiftGrid.from_dict(grid)
         self.register_buffer("edges", torch.as_tensor(self.grid.edges, dtype=torch.float32), persistent=False)
         kind = self.model.output_kind
