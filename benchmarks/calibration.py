@@ -14,12 +14,16 @@ coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method
   preset's 15% and 15%: 2,520 validation objects, and enough test objects that a calibrated model's own
   PIT KS is below 0.02; ``--kids-cubes``; skipped where absent).
 
+Each run also has ``val_vs_test``: two-sample KS tests between its fitting and its test rows (uncalibrated PITs,
+z_spec), to tell a real shift between them from sampling noise.
+
 ``flags``: on the mock's test rows, the ROC AUC of each score for |Δz| > 0.05 (Δz = (z_mean − z_spec)/(1 +
 z_spec), after calibration) and η after removing the 5/10/20% worst-flagged (``quality``) objects versus
 the 5/10/20% widest PDFs (width68).  ``pit_hist``: 20-bin PIT densities before/after per run.
 ``cnn_mock.small_fit``: the CNN calibrated from 5 draws of 320 of its validation rows (the demo's size).
 ``noise_vs_n``: synthetic PDFs, calibrated and mis-calibrated, fitted on n = 100 ... 4000 objects and scored
-on 20,000 new ones: the fitted map's own noise against n, from which MIN_AUTO was chosen.
+on 20,000 new ones: the fitted maps' own noise against n (the nonparametric ``pit`` and the few-parameter
+``pit-affine`` and ``pit-beta``), from which MIN_AUTO was chosen, and what ``auto`` does on each population.
 
 Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as locked parts, then
 joined (the CNN run is the shared runs/bench/p19s_20k, 15 epochs)::
@@ -49,9 +53,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED, stamp, write_json  # noqa: E402
 
 MGS = SHARED / "data" / "real" / "sdss_mgs_catalog"
-CHAINS = {"auto": ["auto"], "temperature": ["temperature"], "pit": ["pit"], "temperature+pit": ["temperature", "pit"],
-          "pit-local": ["pit-local"], "temperature+pit-local": ["temperature", "pit-local"],
-          "student-t": ["student-t"], "student-t+pit": ["student-t", "pit"]}
+CHAINS = {"auto": ["auto"], "temperature": ["temperature"], "pit-affine": ["pit-affine"], "pit-beta": ["pit-beta"],
+          "pit": ["pit"], "temperature+pit": ["temperature", "pit"], "pit-local": ["pit-local"],
+          "temperature+pit-local": ["temperature", "pit-local"], "student-t": ["student-t"],
+          "student-t+pit-affine": ["student-t", "pit-affine"],
+          "student-t+pit-affine+keep-mean": ["student-t", "pit-affine", "keep-mean"],
+          "student-t+pit": ["student-t", "pit"], "student-t+pit+keep-mean": ["student-t", "pit", "keep-mean"]}
+#: the PIT maps whose own noise ``noise_vs_n`` measures on calibrated PDFs (nonparametric and few-parameter)
+NOISE_MAPS = ("pit", "pit-affine", "pit-beta")
 #: what `zpix train` and `zpix calibrate` do by default: the chain chosen by 5-fold CV on the fitting rows
 DEFAULT_CHAIN = "auto"
 CUTS = (0.05, 0.10, 0.20)
@@ -91,7 +100,8 @@ def calibrate_case(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, tes
         res["fit_s"] = round(fit_s, 2)
         res["steps"] = [s.calibrator.name for s in chain.steps]
         res["params"] = [s.to_dict()["params"] for s in chain.steps
-                         if s.calibrator.name in ("temperature", "student-t")]
+                         if s.calibrator.name in ("temperature", "student-t", "pit-affine", "pit-beta")]
+        res["keep_mean"] = chain.keep_mean
         if name == "auto":
             res["auto"] = chain.notes["auto"]
         entry["variants"][name] = res
@@ -105,7 +115,24 @@ def calibrate_case(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, tes
                        "sigma_mad_change_le_1pct": abs(a["sigma_mad"] / b["sigma_mad"] - 1) <= 0.01,
                        "crps_not_worse": a["crps"] <= b["crps"]}
     entry["pit_hist"] = hist
+    entry["val_vs_test"] = transfer_block(val_p, val_z, test_p, test_z, grid)
     return entry, fitted
+
+
+def transfer_block(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, test_z: np.ndarray, grid: Any
+                   ) -> dict[str, float]:
+    """Are the fitting and the test objects alike?  Two-sample KS tests (scipy.stats.ks_2samp) of their
+    uncalibrated PITs and of their z_spec, and their coverage68: a map fitted on the one corrects the other only
+    where they share their mis-calibration (a real shift when the PIT test rejects, sampling noise otherwise)."""
+    from scipy.stats import ks_2samp
+
+    from zpix.evaluation.metrics import pit
+
+    uv, ut = pit(val_p, grid, val_z), pit(test_p, grid, test_z)
+    rp, rz = ks_2samp(uv, ut), ks_2samp(val_z, test_z)
+    return {"pit_ks_2samp": float(rp.statistic), "pit_p": float(rp.pvalue), "z_spec_ks_2samp": float(rz.statistic),
+            "z_spec_p": float(rz.pvalue), "coverage68_val": float(np.mean(np.abs(uv - 0.5) <= 0.34)),
+            "coverage68_test": float(np.mean(np.abs(ut - 0.5) <= 0.34))}
 
 
 def small_fit_block(val_p: np.ndarray, val_z: np.ndarray, test_p: np.ndarray, test_z: np.ndarray, grid: Any, n: int,
@@ -266,14 +293,14 @@ def noise_vs_n(sizes: tuple[int, ...], auto_sizes: tuple[int, ...], repeats: int
         ident = block(test_p, test_z, grid)
         res: dict[str, Any] = {"width": width, "t3_tails": tails, "identity": ident, "by_n": {}}
         for n in sorted(set(sizes) | set(auto_sizes)):
-            methods = (["pit"] if pop == "calibrated" and n in sizes else []) + \
+            methods = (list(NOISE_MAPS) if pop == "calibrated" and n in sizes else []) + \
                 (["auto"] if n in auto_sizes else []) + (["auto-no-floor"] if n in auto_sizes and n < MIN_AUTO else [])
             if not methods:
                 continue
             rows: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
             for r in range(max(pit_repeats if "pit" in rows else 0, repeats if "auto" in rows else 0)):
                 fit_p, fit_z = synthetic_pdfs(n, width, tails, rng)
-                for method in [m for m in rows if r < (pit_repeats if m == "pit" else repeats)]:
+                for method in [m for m in rows if r < (pit_repeats if m in NOISE_MAPS else repeats)]:
                     if method == "auto-no-floor":  # the same rule as auto on n < MIN_AUTO objects
                         chain = fit_calibration(fit_p, fit_z, grid, select_chain(fit_p, fit_z, grid, min_n=0)[0])
                     else:
@@ -312,7 +339,8 @@ def render(doc: dict[str, Any]) -> str:
            "|---|---|---|---|---|---|---|---|"]
     for case, r in doc["runs"].items():
         b, a = r["before"], r["after"]
-        chosen = "+".join(r["variants"][DEFAULT_CHAIN]["steps"]) or "none (identity)"
+        v = r["variants"][DEFAULT_CHAIN]
+        chosen = "+".join(v["steps"] + (["keep-mean"] if v.get("keep_mean") else [])) or "none (identity)"
         out.append(f"| {case} | {r['n_fit']:,} / {r['n_test']:,} | {chosen} "
                    f"| {b['pit_ks']:.4f} → **{a['pit_ks']:.4f}** | {b['coverage68']:.3f} → **{a['coverage68']:.3f}** "
                    f"| {b['coverage95']:.3f} → {a['coverage95']:.3f} | {b['crps']:.5f} → {a['crps']:.5f} "
@@ -320,12 +348,28 @@ def render(doc: dict[str, Any]) -> str:
                    f"({100 * (a['sigma_mad'] / b['sigma_mad'] - 1):+.1f}%) |")
     for case, why in doc.get("skipped", {}).items():
         out.append(f"| {case} | skipped: {why} | | | | | | |")
-    out += ["", "Every fixed chain, PIT KS after (test):", "",
-            "| run | " + " | ".join(k for k in doc["chains"] if k != DEFAULT_CHAIN) + " |",
-            "|---|" + "---|" * (len(doc["chains"]) - 1)]
-    for case, r in doc["runs"].items():
-        out.append(f"| {case} | " + " | ".join(f"{r['variants'][k]['pit_ks']:.4f}" for k in doc["chains"]
-                                                if k != DEFAULT_CHAIN) + " |")
+    tr = {case: r["val_vs_test"] for case, r in doc["runs"].items() if "val_vs_test" in r}
+    if tr:
+        out += ["", "Are the fitting and the test objects alike? Two-sample KS tests between them (uncalibrated PITs, "
+                "z_spec) and their coverage68 before calibration:", "",
+                "| run | PIT 2-sample KS (p) | z_spec 2-sample KS (p) | coverage68 fit rows | coverage68 test rows |",
+                "|---|---|---|---|---|"]
+        for case, t in tr.items():
+            out.append(f"| {case} | {t['pit_ks_2samp']:.4f} ({t['pit_p']:.3f}) | {t['z_spec_ks_2samp']:.4f} "
+                       f"({t['z_spec_p']:.3f}) | {t['coverage68_val']:.3f} | {t['coverage68_test']:.3f} |")
+    runs = list(doc["runs"])
+    out += ["", "Every fixed chain on the test rows, PIT KS / coverage68 / σ_MAD change (`auto` chose among them "
+            "on the fitting rows alone):", "", "| chain | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for k in doc["chains"]:
+        if k == DEFAULT_CHAIN:
+            continue
+        cells = []
+        for case in runs:
+            r = doc["runs"][case]
+            v = r["variants"][k]
+            cells.append(f"{v['pit_ks']:.4f} / {v['coverage68']:.3f} / "
+                         f"{100 * (v['sigma_mad'] / r['before']['sigma_mad'] - 1):+.1f}%")
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
     f = doc.get("flags")
     if f:
         out += ["", f"Quality score on the mock's test rows ({f['n_test']:,} objects, {f['n_outliers']} with "
@@ -372,13 +416,14 @@ def render_noise(doc: dict[str, Any]) -> list[str]:
             "(mean / 90th percentile over the fitting sets; MIN_AUTO = "
             f"{nv['min_auto']:,}). A PIT map fitted on PDFs that are calibrated already (uncalibrated there: PIT KS "
             f"{cal['identity']['pit_ks']:.4f}, coverage68 {cal['identity']['coverage68']:.3f}) shows the map's own "
-            "noise:", "", "| n fitted | PIT KS | \\|coverage68 − 0.683\\| | CRPS change (mean / worst) |",
-            "|---|---|---|---|"]
+            "noise (nonparametric `pit` with K = √n/5 knots beside the few-parameter `pit-affine` and `pit-beta`):",
+            "", "| n fitted | map | PIT KS | \\|coverage68 − 0.683\\| | CRPS change (mean / worst) |",
+            "|---|---|---|---|---|"]
     for n, r in cal["by_n"].items():
-        if "pit" in r:
-            m = r["pit"]
-            out.append(f"| {int(n):,} | {m['pit_ks_mean']:.4f} / {m['pit_ks_p90']:.4f} | {m['cov68_err_mean']:.4f} / "
-                       f"{m['cov68_err_p90']:.4f} | {100 * m['crps_change_mean']:+.2f}% / "
+        for name in [k for k in r if k not in ("auto", "auto-no-floor")]:
+            m = r[name]
+            out.append(f"| {int(n):,} | {name} | {m['pit_ks_mean']:.4f} / {m['pit_ks_p90']:.4f} | "
+                       f"{m['cov68_err_mean']:.4f} / {m['cov68_err_p90']:.4f} | {100 * m['crps_change_mean']:+.2f}% / "
                        f"{100 * m['crps_change_max']:+.2f}% |")
     out += ["", "`auto` on each population (kept: the fraction of fitting sets on which it kept the identity; "
             "below MIN_AUTO, `auto` keeps it always and the \"rule alone\" columns show what the cross-validated "

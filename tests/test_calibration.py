@@ -31,10 +31,10 @@ def pit_ks(probs, z) -> float:
 
 
 def test_builtin_methods_are_registered():
-    assert {"temperature", "pit", "pit-local", "student-t"} <= set(available_calibrators())
+    assert {"temperature", "pit", "pit-local", "student-t", "pit-affine", "pit-beta"} <= set(available_calibrators())
 
 
-@pytest.mark.parametrize("method", ["temperature", "pit", "pit-local", "student-t"])
+@pytest.mark.parametrize("method", ["temperature", "pit", "pit-local", "student-t", "pit-affine", "pit-beta"])
 @pytest.mark.parametrize("width_factor", [0.5, 2.0])
 def test_miscalibrated_model_gets_a_flat_pit(method, width_factor):
     val_p, val_z = synthetic(10_000, width_factor, seed=1)
@@ -203,3 +203,65 @@ def test_bootstrap_ks_matches_scipy():
     for n, seed in ((7, 0), (500, 1)):
         u = np.random.default_rng(seed).uniform(size=n) ** 1.3
         assert _ks_uniform(u) == pytest.approx(kstest(u, "uniform").statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize("method", ["pit-affine", "pit-beta"])
+def test_parametric_pit_map_recovers_a_known_shift_and_stretch(method, tmp_path):
+    # Gaussian PDFs N(ẑ, σ) of objects whose true z ~ N(ẑ + 0.3σ, (1.5σ)²): over-confident by 1.5 and off-centre;
+    # in probit space the exact map is a·t + b with a = 1/1.5, b = −0.3/1.5
+    rng = np.random.default_rng(21)
+
+    def sample(n):
+        zhat = rng.uniform(0.08, 0.32, n)
+        return gaussian_pdfs(zhat, 0.01, GRID), zhat + 0.003 + rng.normal(0, 0.015, n)
+
+    val_p, val_z = sample(4000)
+    test_p, test_z = sample(20_000)
+    assert pit_ks(test_p, test_z) > 0.1
+    chain = fit_calibration(val_p, val_z, GRID, [method])
+    step = chain.steps[0].calibrator
+    if method == "pit-affine":
+        assert np.exp(step.theta[0]) == pytest.approx(1 / 1.5, rel=0.04)
+        assert step.theta[1] == pytest.approx(-0.2, abs=0.04)
+    after = chain(test_p)
+    assert pit_ks(after, test_z) < 0.015
+    again = Calibration.load(chain.save(tmp_path / "calibration.json"))
+    np.testing.assert_array_equal(again(test_p[:300]), after[:300])
+    assert again.steps[0].calibrator.to_dict() == step.to_dict()
+
+
+def test_parametric_map_has_less_noise_than_the_ecdf_map_on_calibrated_pdfs():
+    # what the few-parameter families are for: fitted on 2000 calibrated PDFs they move new objects' PITs less
+    test_p, test_z = synthetic(20_000, 1.0, seed=22)
+    extra = {"pit": [], "pit-affine": []}
+    for r in range(6):
+        val_p, val_z = synthetic(2000, 1.0, seed=100 + r)
+        for m in extra:
+            extra[m].append(pit_ks(fit_calibration(val_p, val_z, GRID, [m])(test_p), test_z))
+    assert np.mean(extra["pit-affine"]) < np.mean(extra["pit"])
+
+
+def test_keep_mean_leaves_the_point_estimates_unchanged(tmp_path):
+    from zpix.pdf import pdf_mean
+
+    # a PIT map that shifts as well as widens moves every PDF's mean (the KiDS regression head's sigma_MAD +1.3%);
+    # with keep-mean the catalogue's z_mean is the uncalibrated one, only width and shape change
+    val_p, val_z = synthetic(3000, 0.6, seed=23)
+    test_p, _ = synthetic(2000, 0.6, seed=24)
+    test_p = np.roll(test_p, 3, axis=1)  # centres off by 3 bins: the map learns no such shift, but apply keeps them
+    shifted = fit_calibration(val_p, val_z + 0.004, GRID, ["student-t", "pit-affine"])
+    kept = fit_calibration(val_p, val_z + 0.004, GRID, ["student-t", "pit-affine", "keep-mean"])
+    z0 = pdf_mean(test_p, GRID)
+    assert np.median(np.abs(pdf_mean(shifted(test_p), GRID) - z0)) > 1e-3  # the bug this guards
+    np.testing.assert_allclose(pdf_mean(kept(test_p), GRID), z0, atol=2e-5)
+    # the widths are those of the chain without keep-mean (a translation changes no width)
+    from zpix.pdf import pdf_quantiles
+
+    width = [np.diff(pdf_quantiles(c(test_p), GRID, np.array([0.16, 0.84])), axis=1).ravel() for c in (shifted, kept)]
+    np.testing.assert_allclose(width[1], width[0], atol=GRID.width)
+    assert np.median(width[0]) > 1.2 * np.median(np.diff(pdf_quantiles(test_p, GRID, np.array([0.16, 0.84])), axis=1))
+    again = Calibration.load(kept.save(tmp_path / "calibration.json"))
+    assert again.keep_mean and "keep-mean" in again.describe()
+    np.testing.assert_array_equal(again(test_p), kept(test_p))
+    with pytest.raises(ValueError, match="keep-mean must come once, after the last method"):
+        fit_calibration(val_p, val_z, GRID, ["keep-mean", "pit"])

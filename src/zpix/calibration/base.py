@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from zpix.pdf import RedshiftGrid, normalize
+from zpix.pdf import RedshiftGrid, cdf_edges, normalize, pdf_mean
 
 CALIBRATION_FILE = "calibration.json"
 FORMAT_VERSION = 1
@@ -103,6 +103,34 @@ def check_probs(probs: np.ndarray, grid: RedshiftGrid | None = None) -> np.ndarr
     return normalize(p)
 
 
+def shift_to_mean(probs: np.ndarray, grid: RedshiftGrid, target: np.ndarray, n_iter: int = 4) -> np.ndarray:
+    """Each binned PDF translated along z so that its mean Σ_k z_k P_k is ``target``:
+
+        C'(z) = C(z − δ_i),   P'_k = C'(e_{k+1}) − C'(e_k),
+
+    with the CDF C piecewise linear between the edges (a histogram PDF) and δ_i refined ``n_iter`` times
+    (δ_i += target_i − mean(P'_i)) because mass moved off the grid's ends is cut and the rest renormalised.
+    """
+    p = check_probs(probs, grid)
+    target = np.asarray(target, dtype=np.float64)
+    c = cdf_edges(p)
+    c[:, -1] = 1.0
+    k = np.arange(grid.n_bins + 1, dtype=np.float64)
+    delta = target - pdf_mean(p, grid)
+    out = p
+    for _ in range(n_iter):
+        x = np.clip(k[None, :] - (delta / grid.width)[:, None], 0.0, grid.n_bins)
+        i = np.minimum(np.floor(x).astype(np.int64), grid.n_bins - 1)
+        t = x - i
+        c2 = np.take_along_axis(c, i, 1) * (1 - t) + np.take_along_axis(c, i + 1, 1) * t
+        new = np.clip(np.diff(c2, axis=1), 0.0, None)
+        s = new.sum(axis=1)
+        ok = s > 1e-12  # a PDF shifted wholly off the grid keeps its last shape
+        out = np.where(ok[:, None], new / np.where(ok, s, 1.0)[:, None], out)
+        delta = delta + np.where(ok, target - pdf_mean(out, grid), 0.0)
+    return out
+
+
 @dataclass
 class FittedStep:
     """One fitted step and where it was fitted."""
@@ -122,6 +150,10 @@ class Calibration:
     steps: list[FittedStep] = field(default_factory=list)
     #: how the chain was chosen (``auto``: the candidates' cross-validated scores and the reason), saved with it
     notes: dict[str, Any] = field(default_factory=dict)
+    #: translate each calibrated PDF back to the mean of the PDF it came from (``keep-mean`` in a method list), so
+    #: that the catalogue's point estimate z_mean (and with it σ_MAD, η, the bias) is the uncalibrated one: the
+    #: steps then change the PDFs' width and shape only (:func:`shift_to_mean`)
+    keep_mean: bool = False
 
     def __call__(self, probs: np.ndarray, **context: Any) -> np.ndarray:
         return self.apply(probs, **context)
@@ -132,8 +164,12 @@ class Calibration:
     def apply(self, probs: np.ndarray, **context: Any) -> np.ndarray:
         """Apply every step in order; returns float64 rows summing to 1."""
         p = check_probs(probs, self.grid)
+        z0 = pdf_mean(p, self.grid) if self.keep_mean and self.steps else None
         for step in self.steps:
             p = check_probs(step.calibrator.apply(p, **context), self.grid)
+        if z0 is not None:
+            assert self.grid is not None
+            p = shift_to_mean(p, self.grid, z0)
         return p
 
     def fit_step(self, method: str | Calibrator, *, probs: np.ndarray, z_spec: np.ndarray,
@@ -144,6 +180,9 @@ class Calibration:
         """
         if self.grid is None:
             raise ValueError("Calibration.fit_step: the chain has no redshift grid; build it with Calibration(grid)")
+        if self.keep_mean:
+            raise ValueError("Calibration.fit_step: the chain keeps the PDFs' means (keep-mean), which must come "
+                             "after its last step; refit the chain without appending to it")
         cal = get_calibrator(method)() if isinstance(method, str) else method
         z = np.asarray(z_spec, dtype=np.float64)
         p = self.apply(probs, **context)
@@ -160,7 +199,7 @@ class Calibration:
         if self.grid is None:
             raise ValueError("Calibration.to_dict: an empty chain without a grid has nothing to save")
         doc = {"format_version": FORMAT_VERSION, "grid": self.grid.to_dict(),
-               "steps": [s.to_dict() for s in self.steps]}
+               "steps": [s.to_dict() for s in self.steps]} | ({"keep_mean": True} if self.keep_mean else {})
         return doc | ({"notes": self.notes} if self.notes else {})
 
     @classmethod
@@ -171,7 +210,7 @@ class Calibration:
         grid = RedshiftGrid.from_dict(d["grid"])
         steps = [FittedStep(get_calibrator(s["name"]).from_dict(s["params"]), dict(s.get("fitted_on", {})))
                  for s in d.get("steps", [])]
-        return cls(grid, steps, dict(d.get("notes") or {}))
+        return cls(grid, steps, dict(d.get("notes") or {}), bool(d.get("keep_mean", False)))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temporary name, then rename)."""
@@ -200,6 +239,8 @@ class Calibration:
         for i, s in enumerate(self.steps):
             params = s.calibrator.summary() if hasattr(s.calibrator, "summary") else s.calibrator.to_dict()
             lines.append(f"  {i + 1}. {s.calibrator.name}: {params}  (fitted on {s.fitted_on})")
+        if self.keep_mean:
+            lines.append("  then each PDF translated back to its uncalibrated mean (keep-mean: point estimates kept)")
         return "\n".join(lines)
 
 
