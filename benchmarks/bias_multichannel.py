@@ -333,6 +333,16 @@ def render(doc: dict[str, Any]) -> list[str]:
                             "multi − single after calibration")):
             cells = [_pm(summ[key][k], digits[k], signed=True) for k in METRICS]
             lines.append(f"|  | {label} | " + " | ".join(cells) + " |")
+    for name, res in cases.items():
+        rd = res.get("run_directories") or {}
+        if "debiased_max_abs_diff_z_mean" in rd:
+            lines += ["", f"{name}: the first seed's multi-channel correction (M = {rd['mag_channels']}) written as a "
+                      f"`zpix debias` run directory and then calibrated (`photoz`) predicts {rd['rows']:,} test rows "
+                      f"with `zpix.prediction.predict` to within {rd['debiased_max_abs_diff_z_mean']:.1e} "
+                      f"(debiased) and {rd['calibrated_max_abs_diff_z_mean']:.1e} (calibrated) of the in-memory "
+                      "PDF means."]
+        elif "error" in rd:
+            lines += ["", f"{name}: writing / predicting the run directories failed: {rd['error']}"]
     return lines
 
 
