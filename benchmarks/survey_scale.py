@@ -5,8 +5,12 @@
    28,000 galaxies (ids unique per shard row).  Small stamps keep 200,000 objects at ~1 GB on disk.
 2. The throughput model: ``pasquet2019-small`` built for those stamps and trained for ``--train-steps``
    steps (throughput does not depend on the weights; its accuracy is not a result here).
-3. ``workers``: images/s of ``predict_distributed`` on a fresh LocalCluster of 1 and 2 worker processes
-   with one torch thread each, ``--repeats`` times in alternating order; ``threads``: 1 worker × 2
+3. ``workers``: images/s of ``predict_distributed`` on a fresh ``local_cluster`` (what ``--dask local:N``
+   starts: workers preloaded with torch and zpix, Dask's monitoring turned down) of 1 and 2 worker processes
+   with one torch thread each, ``--repeats`` times in alternating order.  The timed window is the
+   ``predict_distributed`` call on the running cluster (plan, tasks, pdfs.hdf5/meta.yaml); the cluster
+   start, with the workers' imports, is timed apart (``cluster_startup_s``) and also reported added to it
+   (``images_per_s_with_startup``); ``threads``: 1 worker × 2
    threads (the product default of ``local:1`` on 2 cores).  Each run first waits until the machine is
    idle and records the CPU the machine spent during it (``/proc/stat``) against the CPU of this
    benchmark's own processes: on this kernel (``sched_autogroup``) CPU is shared between sessions, not
@@ -21,7 +25,9 @@
 6. ``pdf_formats``: a trained run's PDFs (``--pdf-run``, default ``runs/bench/p19s_20k``: pasquet2019-small
    on 20,000 mock galaxies at 64×64) on its test split, stored in each format and read back:
    bytes per object and the change of CRPS, PIT KS, σ_MAD and 68% width against hist32.
-7. ``pasquet2019``: the full pasquet2019 network (64×64×5, one training step: a throughput model) on
+7. ``dask_monitoring``: the CPU an idle 2-worker cluster uses (workers, and the driver process that holds
+   the scheduler, the nannies and the client) with Dask's default settings and with zpix's ``QUIET_DASK``.
+8. ``pasquet2019``: the full pasquet2019 network (64×64×5, one training step: a throughput model) on
    ``--p19-n`` mock galaxies through the same distributed path, 2 workers × 1 thread: the measured rate
    the 10⁹-galaxy estimate of docs/survey_scale.md is computed from.
 
@@ -210,16 +216,16 @@ def _rss_by_worker(entries: list[dict[str, Any]]) -> dict[str, dict[str, list[fl
 def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads: int, block_rows: int,
               kill_after: int | None = None, batch_size: int = 64) -> dict[str, Any]:
     """One distributed prediction on a fresh LocalCluster (startup timed apart), on an idle machine."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    from zpix.prediction.distributed import predict_distributed
+    from zpix.prediction.distributed import local_cluster, predict_distributed
 
     for old in (out, out.parent / f".{out.name}.partial-dask"):  # an earlier, interrupted benchmark's
         shutil.rmtree(old, ignore_errors=True)
     idle = wait_idle()
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                           silence_logs=50)
+    # the product's cluster (--dask local:N): the start includes the workers' preload (torch, Lightning, zpix)
+    cluster = local_cluster(n_workers, threads=threads, silence_logs=50)
     client = Client(cluster)
     startup = time.perf_counter() - t0
     killed: dict[str, Any] = {}
@@ -235,6 +241,7 @@ def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads:
     la0 = loadavg()
     with MachineCPU() as cpu:
         t1 = time.perf_counter()
+        window_start_unix = time.time()
         try:
             res = predict_distributed(run, [str(s) for s in shards], out, client=client, block_rows=block_rows,
                                       threads=threads, on_partition=on_partition, batch_size=batch_size)
@@ -255,6 +262,11 @@ def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads:
                "worker_pids": len({e["pid"] for e in res.entries}), "n_objects": res.n_objects,
                "n_partitions": res.n_partitions, "partitions_computed": len(res.computed), "wall_s": wall,
                "images_per_s": res.n_objects / wall, "cluster_startup_s": startup,
+               "images_per_s_with_startup": res.n_objects / (wall + startup),
+               # the timed window against the partitions: before the first starts, after the last ends
+               "before_first_partition_s": min(e["finished_unix"] - e["seconds"] for e in res.entries)
+               - window_start_unix,
+               "after_last_partition_s": window_start_unix + wall - max(e["finished_unix"] for e in res.entries),
                # worker CPU per image (the partitions' own process time): flat in workers = the work itself scales
                "images_per_cpu_s": res.n_objects / max(1e-9, worker_cpu),
                "worker_cores": worker_cpu / wall,
@@ -267,6 +279,39 @@ def run_local(run: Path, shards: list[Path], out: Path, n_workers: int, threads:
     if killed:
         out_doc["killed"] = killed
     return out_doc
+
+
+TIMED_WINDOW = ("images_per_s = objects / the wall time of one predict_distributed call on a running cluster "
+                "(planning, every task, pdfs.hdf5 and meta.yaml); the cluster start (LocalCluster, and the workers "
+                "importing torch, Lightning and zpix: zpix.prediction.distributed.dask_setup) is outside it, in "
+                "cluster_startup_s; images_per_s_with_startup counts it in.  1 and 2 workers are measured alike.")
+
+
+def dask_monitoring(n_workers: int = 2, idle_s: float = 8.0) -> dict[str, Any]:
+    """CPU cores an idle ``n_workers`` cluster uses with Dask's default settings and with ``QUIET_DASK``:
+    each worker process, and this process (scheduler, nannies, client)."""
+    import psutil
+    from distributed import Client
+
+    from zpix.prediction.distributed import QUIET_DASK, local_cluster
+
+    out: dict[str, Any] = {"idle_s": idle_s, "n_workers": n_workers, "quiet_dask": QUIET_DASK}
+    for name, quiet in (("dask_defaults", False), ("quiet_dask", True)):
+        cluster = local_cluster(n_workers, threads=1, quiet=quiet, silence_logs=50)
+        client = Client(cluster)
+        try:
+            time.sleep(2.0)  # past the start
+            procs = [psutil.Process(p) for p in client.run(os.getpid).values()]
+            w0, d0 = [sum(p.cpu_times()[:4]) for p in procs], psutil.Process().cpu_times()
+            time.sleep(idle_s)
+            w1, d1 = [sum(p.cpu_times()[:4]) for p in procs], psutil.Process().cpu_times()
+        finally:
+            client.close()
+            cluster.close()
+        workers = [(b - a) / idle_s for a, b in zip(w0, w1, strict=True)]
+        driver = (sum(d1[:2]) - sum(d0[:2])) / idle_s
+        out[name] = {"worker_cores": workers, "driver_cores": driver, "total_cores": sum(workers) + driver}
+    return out
 
 
 def crash_and_rerun(run: Path, shards_glob: str, out: Path, block_rows: int, kill_after: int,
@@ -380,7 +425,7 @@ def pasquet_rate(cubes: Path, work: Path, n: int) -> dict[str, Any]:
 @click.option("--idle-wait", default=120.0, show_default=True,
               help="Longest wait (s) for an idle machine before a timed run.")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch directory (default: a temp).")
-@click.option("--parts", default="workers,threads,killed,crash,formats,pasquet2019", show_default=True,
+@click.option("--parts", default="workers,threads,killed,crash,monitoring,formats,pasquet2019", show_default=True,
               help="Parts to run, in this order; with --merge, added to an existing JSON of the same commit.")
 @click.option("--merge", is_flag=True, help="Keep the parts already in --out (same commit and data sizes).")
 @click.option("--out", type=click.Path(path_type=Path), default=RESULTS / "survey_scale.json", show_default=True)
@@ -434,6 +479,9 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
                 doc["speedup_2_vs_1_workers"] = best["2"]["images_per_s"] / best["1"]["images_per_s"]
                 doc["speedup_2_vs_1_workers_mean"] = float(np.mean(rates["2"]) / np.mean(rates["1"]))
                 doc["speedup_2_vs_1_workers_each"] = [a / b for a, b in zip(rates["2"], rates["1"], strict=True)]
+                doc["speedup_2_vs_1_workers_with_startup"] = (best["2"]["images_per_s_with_startup"]
+                                                              / best["1"]["images_per_s_with_startup"])
+                doc["timed_window"] = TIMED_WINDOW
             elif part == "threads":
                 doc["workers_default_threads"] = {"1": run_local(run, shards, work / "pred_1w2t", 1, 2, block_rows)}
                 shutil.rmtree(work / "pred_1w2t", ignore_errors=True)
@@ -455,6 +503,8 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
             elif part == "formats":
                 doc["pdf_formats_source"] = pdf_format_table(pdf_run, cubes, work)
                 doc["pdf_formats"] = doc["pdf_formats_source"].pop("formats")
+            elif part == "monitoring":
+                doc["dask_monitoring"] = dask_monitoring()
             elif part == "pasquet2019":
                 doc["pasquet2019"] = pasquet_rate(cubes, work, p19_n)
             else:
@@ -462,7 +512,8 @@ def main(cubes: Path, pdf_run: Path, n_shards: int, n_per_shard: int, stamp_px: 
             write_json(out, doc)
         doc["loadavg_at_end"] = loadavg()
         present = {"workers": "workers", "formats": "pdf_formats", "killed": "worker_killed", "crash": "crash_rerun",
-                   "threads": "workers_default_threads", "pasquet2019": "pasquet2019"}
+                   "threads": "workers_default_threads", "pasquet2019": "pasquet2019",
+                   "monitoring": "dask_monitoring"}
         doc["status"] = "complete" if all(key in doc for key in present.values()) else "partial"
         write_json(out, doc)
         click.echo(json.dumps({k: doc.get(k) for k in ("speedup_2_vs_1_workers", "speedup_2_vs_1_workers_each",
@@ -482,9 +533,11 @@ CUTOUT_BYTES = 5 * 64 * 64 * 4
 
 def _run_row(label: str, v: dict[str, Any]) -> str:
     rss = ", ".join(f"{x:.0f}" for x in v["peak_rss_mb_per_worker"].values())
+    with_start = v["n_objects"] / (v["wall_s"] + v["cluster_startup_s"])
     return (f"| {label} | {v['n_workers']} × {v['threads_per_worker']} ({v['torch_threads_seen']}) "
             f"| {v['images_per_s']:.0f} | {v['images_per_cpu_s']:.0f} | {v['worker_cores']:.2f} "
-            f"| {v['foreign_cores']:.2f} | {v['wall_s']:.1f} | {rss} |")
+            f"| {v['foreign_cores']:.2f} | {v['wall_s']:.1f} | {v['cluster_startup_s']:.1f} | {with_start:.0f} "
+            f"| {rss} |")
 
 
 def render(doc: dict[str, Any]) -> None:
@@ -496,12 +549,17 @@ def render(doc: dict[str, Any]) -> None:
               f"{d['shard_bytes'] / 2**30:.2f} GiB); model {doc['model']['name']} on {doc['model']['image']} "
               f"stamps ({doc['model']['note']}); {doc['block_rows']:,} rows per partition, batch "
               f"{doc.get('batch_size', 64)}.", "",
-              "Every run starts a fresh LocalCluster once the machine is idle; *worker cores* is the workers' CPU "
+              "Every run starts a fresh cluster with `zpix.prediction.distributed.local_cluster` (what "
+              "`--dask local:N` starts: each worker imports torch, Lightning and zpix while it starts, and Dask's "
+              "monitoring is turned down) once the machine is idle.  *images/s* is timed over one "
+              "`predict_distributed` call on the running cluster (plan, every task, the final pdfs.hdf5 and "
+              "meta.yaml); the cluster start, with the workers' imports, is outside it (*start s*) and counted in "
+              "by *images/s with start*; 1 and 2 workers are timed alike.  *worker cores* is the workers' CPU "
               "time over the wall time, *other cores* the CPU the rest of the machine used meanwhile "
               "(`/proc/stat` minus this benchmark's processes).", "",
               "| run | workers × threads (torch threads seen) | images/s | images per worker CPU-s | worker cores "
-              "| other cores | wall s | peak RSS per worker (MB) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| other cores | wall s | start s | images/s with start | peak RSS per worker (MB) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for k, runs in doc.get("workers_runs", {}).items():
         for i, v in enumerate(runs):
             lines.append(_run_row(f"workers {k}, run {i + 1}", v))
@@ -514,7 +572,9 @@ def render(doc: dict[str, Any]) -> None:
     if "speedup_2_vs_1_workers" in doc:
         each = ", ".join(f"{x:.2f}×" for x in doc.get("speedup_2_vs_1_workers_each", []))
         lines += ["", f"**2 workers / 1 worker (1 thread each): {doc['speedup_2_vs_1_workers']:.2f}×** in images/s "
-                  f"(best run of each; mean of the runs {doc['speedup_2_vs_1_workers_mean']:.2f}×; run by run {each})."]
+                  f"(best run of each; mean of the runs {doc['speedup_2_vs_1_workers_mean']:.2f}×; run by run {each})"
+                  + (f"; with the cluster start counted in, {doc['speedup_2_vs_1_workers_with_startup']:.2f}×."
+                     if "speedup_2_vs_1_workers_with_startup" in doc else ".")]
     if "workers" in doc and "partitions" in doc["workers"]["1"]:
         span = {}
         for k, v in doc["workers"].items():
@@ -522,15 +582,32 @@ def render(doc: dict[str, Any]) -> None:
             span[k] = max(e["finished_unix"] for e in ps) - min(e["finished_unix"] - e["seconds"] for e in ps)
         per_part = {k: float(np.mean([e["seconds"] for e in v["partitions"]])) for k, v in doc["workers"].items()}
         w1, w2 = doc["workers"]["1"], doc["workers"]["2"]
-        lines += ["", f"Where the rest goes (best runs): the partitions themselves span {span['1']:.1f} s with 1 "
-                  f"worker and {span['2']:.1f} s with 2, **{span['1'] / span['2']:.2f}×**; the remaining "
-                  f"{w1['wall_s'] - span['1']:.1f} s and {w2['wall_s'] - span['2']:.1f} s "
-                  "of each wall time are the job's fixed cost (the workers importing torch, Lightning and zpix when "
-                  "the thread plugin is registered and the first partition starts, the plan, the final "
-                  "pdfs.hdf5/meta.yaml), which more workers do not shorten.  Within the span a partition takes "
-                  f"{per_part['1']:.2f} s alone and {per_part['2']:.2f} s beside a second worker "
-                  f"(CPU per image {w1['images_per_cpu_s'] / w2['images_per_cpu_s']:.2f}× "
-                  "and the Dask scheduler, nannies and event loops now competing for the two cores)."]
+        if "before_first_partition_s" in w1:
+            fixed = {k: (v["before_first_partition_s"], v["after_last_partition_s"]) for k, v in doc["workers"].items()}
+            lines += ["", f"Inside the timed window (best runs): the partitions span {span['1']:.1f} s with 1 worker "
+                      f"and {span['2']:.1f} s with 2, **{span['1'] / span['2']:.2f}×**; the first partition starts "
+                      f"{fixed['1'][0]:.2f} s / {fixed['2'][0]:.2f} s into the window (the plan, the thread plugin, "
+                      f"the model load) and the job ends {fixed['1'][1]:.2f} s / {fixed['2'][1]:.2f} s after the "
+                      f"last (pdfs.hdf5, meta.yaml).  A partition takes {per_part['1']:.2f} s alone and "
+                      f"{per_part['2']:.2f} s beside a second worker (CPU per image "
+                      f"{w1['images_per_cpu_s'] / w2['images_per_cpu_s']:.2f}×).  Outside the window, the cluster "
+                      f"start: {w1['cluster_startup_s']:.1f} s for 1 worker, {w2['cluster_startup_s']:.1f} s for 2 "
+                      "(the workers' imports run side by side)."]
+        else:
+            lines += ["", f"Where the rest goes (best runs): the partitions themselves span {span['1']:.1f} s with 1 "
+                      f"worker and {span['2']:.1f} s with 2, **{span['1'] / span['2']:.2f}×**; the remaining "
+                      f"{w1['wall_s'] - span['1']:.1f} s and {w2['wall_s'] - span['2']:.1f} s of each wall time are "
+                      "the job's fixed cost, which more workers do not shorten.  Within the span a partition takes "
+                      f"{per_part['1']:.2f} s alone and {per_part['2']:.2f} s beside a second worker "
+                      f"(CPU per image {w1['images_per_cpu_s'] / w2['images_per_cpu_s']:.2f}×)."]
+    mon = doc.get("dask_monitoring")
+    if mon:
+        d, q = mon["dask_defaults"], mon["quiet_dask"]
+        lines += ["", f"Dask's own monitoring, an idle {mon['n_workers']}-worker cluster over {mon['idle_s']:.0f} s: "
+                  f"with Dask's defaults the workers use {', '.join(f'{x:.3f}' for x in d['worker_cores'])} cores "
+                  f"and the driver (scheduler, nannies, client) {d['driver_cores']:.3f}, {d['total_cores']:.3f} in "
+                  f"all; with zpix's `QUIET_DASK` {', '.join(f'{x:.3f}' for x in q['worker_cores'])} and "
+                  f"{q['driver_cores']:.3f}, {q['total_cores']:.3f} in all."]
     if "speedup_2x1_vs_1x2_threads" in doc:
         lines += ["", f"2 workers × 1 thread / 1 worker × 2 threads: {doc['speedup_2x1_vs_1x2_threads']:.2f}×."]
     growth = []
@@ -584,9 +661,9 @@ def render(doc: dict[str, Any]) -> None:
         lines += ["", "### 10⁹ galaxies with pasquet2019 (generated from the numbers above)", "",
                   f"Measured: pasquet2019 on {p19['n_objects']:,} mock galaxies at 64×64×5 through `predict --dask`, "
                   f"{r['n_workers']} workers × {r['threads_per_worker']} thread: {r['images_per_s']:.1f} images/s "
-                  f"end to end ({r['wall_s']:.0f} s wall with each worker's start-up and model load; worker cores "
-                  f"{r['worker_cores']:.2f}); steady CPU per image (every partition after a worker's first, HDF5 "
-                  f"read + network + writer) **{cpu * 1e3:.1f} ms**.", "",
+                  f"end to end ({r['wall_s']:.0f} s wall on the started cluster, with each worker's model load; "
+                  f"worker cores {r['worker_cores']:.2f}); steady CPU per image (every partition after a worker's "
+                  f"first, HDF5 read + network + writer) **{cpu * 1e3:.1f} ms**.", "",
                   f"* **CPU:** 10⁹ × {cpu:.4f} s / 3600 = **{core_h:,.0f} core-hours** of this CPU "
                   f"({doc['machine'].get('cpu', '?')}); on {cores}-core machines like this one "
                   f"{core_h / cores:,.0f} machine-hours; on a 1,000-core allocation {core_h / 1000:,.1f} hours, "

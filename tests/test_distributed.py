@@ -19,12 +19,15 @@ from zpix.cli import main
 from zpix.hardware import usable_cores
 from zpix.prediction.distributed import (
     MANIFEST_DIR,
+    QUIET_DASK,
     default_threads,
     finished,
     load_count,
+    local_cluster,
     parse_cluster,
     plan_partitions,
     predict_distributed,
+    worker_settings,
 )
 from zpix.prediction.format import read_predictions
 from zpix.prediction.streaming import predict
@@ -47,8 +50,7 @@ def setup(tmp_path_factory):
             rng = np.random.default_rng(i)
             f["catalog/ra"] = rng.uniform(150.0, 151.0, n)
             f["catalog/dec"] = rng.uniform(1.0, 2.0, n)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=40)
+    cluster = local_cluster(2)  # what --dask local:2 starts
     client = distributed.Client(cluster)
     yield root, run, shards, client
     client.close()
@@ -183,3 +185,56 @@ def test_training_rows_are_counted_over_the_partitions(setup):
     assert rows["n_training_rows"] == split.train.size + split.val.size > 0
     r = CliRunner().invoke(main, ["evaluate", str(out), "--out", str(root / "own_metrics.json")])
     assert r.exit_code != 0 and "were used to train or validate" in r.output
+
+
+def test_local_cluster_workers_start_preloaded_with_dask_monitoring_turned_down(setup):
+    """local:N workers import the prediction stack while they start, run torch with cores / workers threads, and
+    run without Dask's profiler and with its other monitors slowed (QUIET_DASK); so does the scheduler."""
+    root, run, shards, client = setup
+    threads = max(1, usable_cores() // 2)
+    settings = client.run(worker_settings)
+    assert len(settings) == 2
+    for s in settings.values():
+        assert s["preloaded_at"] is not None and s["torch_imported"]
+        assert s["torch_threads"] == threads and s["omp_num_threads"] == str(threads)
+        assert {k: s[k] for k in QUIET_DASK} == QUIET_DASK
+        assert s["distributed.worker.profile.enabled"] is False
+    sched = client.run_on_scheduler(lambda dask_scheduler: (dask_scheduler._tick_interval,
+                                                            "stealing" in dask_scheduler.extensions))
+    assert sched == (0.5, False)
+    # the workers' own periodic callbacks: no statistical profiler
+    callbacks = client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+    assert all("profile" not in c and "heartbeat" in c for c in callbacks.values())
+
+
+def test_a_killed_worker_is_restarted_preloaded_and_the_job_finishes(setup):
+    """SIGKILL one local:N worker mid-job: its nanny restarts it (preloaded, quiet), its running task is
+    recomputed, the partitions it had finished are not, and the prediction is whole.  Runs last: it changes the
+    module's cluster."""
+    import os
+    import signal
+
+    root, run, shards, client = setup
+    out = root / "killed"
+    seen, killed = [], {}
+
+    def kill_one(entry):
+        seen.append(entry)
+        if len(seen) == 3 and not killed:
+            time.sleep(0.5)  # the driver has released the first partition's result by now
+            killed.update(pid=seen[0]["pid"], name=seen[0]["name"], at=time.time())
+            os.kill(seen[0]["pid"], signal.SIGKILL)  # the worker that holds the first partition's result
+
+    res = predict_distributed(run, shards, out, client=client, block_rows=20, threads=1, pdf_format="hist16",
+                              on_partition=kill_one)
+    pred = read_predictions(out, load_pdfs=False)
+    assert killed and res.n_objects == 160 and len(pred) == 160 and pred.catalog["id"].is_unique
+    assert sorted(res.computed) == sorted(p.name for p in plan_partitions(shards, 20))
+    # a finished partition is on disk: the dead worker's finished partitions are not computed again
+    first = json.loads((out / MANIFEST_DIR / f"{killed['name']}.json").read_text())
+    assert first["pid"] == killed["pid"] and first["finished_unix"] < killed["at"]
+    client.wait_for_workers(2, timeout=60)
+    settings = client.run(worker_settings)
+    assert killed["pid"] not in client.run(os.getpid).values()
+    restarted = [s for s in settings.values() if s["preloaded_at"] > killed["at"]]
+    assert len(restarted) == 1 and restarted[0]["distributed.worker.profile.enabled"] is False

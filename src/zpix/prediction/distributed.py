@@ -39,10 +39,17 @@ GIL-bound Python (HDF5 reads, collation, the writer) around the convolutions, so
 threads, are what scale; one process per core with one thread each is the fastest split of a CPU
 host for small stamps.  With ``device="cuda"``
 each worker of a local cluster takes its own GPU (worker i → ``cuda:i``): start one worker per GPU.
+
+``local:N`` starts its cluster with :func:`local_cluster`: every worker imports torch, Lightning and
+zpix while it starts (:func:`dask_setup`, a Dask preload) rather than in the first task of each job,
+and Dask's own monitoring is turned down (:data:`QUIET_DASK`) so that it does not compete with the
+workers for the cores.  Workers of another cluster get the same import with
+``dask worker SCHEDULER --nthreads 1 --preload zpix.prediction.distributed``.
 """
 
 from __future__ import annotations
 
+import copy
 import glob as _glob
 import json
 import os
@@ -228,6 +235,38 @@ def run_partition(part: Partition, *, model: str, work_dir: str, rows: np.ndarra
     return entry
 
 
+#: When this process ran :func:`dask_setup` (``time.time()``), None if it never did.
+PRELOADED: dict[str, float | None] = {"at": None}
+
+
+def dask_setup(worker: Any = None) -> None:
+    """Dask preload hook: import torch, Lightning and zpix's prediction code while the worker starts.
+
+    ``local:N`` clusters run it in every worker process (:func:`local_cluster`); start the workers of any
+    other cluster with ``dask worker SCHEDULER --nthreads 1 --preload zpix.prediction.distributed``.  The
+    import (seconds of CPU per process) is then paid once per worker, before it joins the cluster, instead
+    of inside the first task of every job; a worker its nanny restarts after a crash runs it again.  Torch
+    threads come from ``OMP_NUM_THREADS``, which a nanny sets to 1 unless told otherwise.
+    """
+    set_torch_threads(int(os.environ.get("OMP_NUM_THREADS") or 1))
+    import zpix.prediction.streaming  # noqa: F401  (torch, Lightning, the networks, the writer)
+
+    PRELOADED["at"] = time.time()
+
+
+def worker_settings() -> dict[str, Any]:
+    """What a worker process runs with (``client.run(worker_settings)``): the Dask settings of
+    :data:`QUIET_DASK` as this process sees them, torch threads, and whether :func:`dask_setup` ran."""
+    import sys
+
+    import dask
+
+    return {**{k: dask.config.get(k) for k in QUIET_DASK}, "preloaded_at": PRELOADED["at"],
+            "torch_imported": "torch" in sys.modules,
+            "torch_threads": sys.modules["torch"].get_num_threads() if "torch" in sys.modules else None,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+
+
 class TorchThreads(WorkerPlugin):
     """Dask worker plugin: torch threads of each worker, applied whenever a worker (re)starts."""
 
@@ -296,16 +335,66 @@ def finished(work: str | os.PathLike, parts: Sequence[Partition]) -> set[str]:
     return done
 
 
+#: Dask's own monitoring, turned down for zpix's LocalCluster.  Its defaults suit interactive work on a
+#: dashboard; a zpix job is a few long tasks per worker, and on a small machine the monitoring competes for
+#: the cores the workers predict on.  Each server (scheduler, nannies, workers) wakes every 20 ms to time its
+#: event loop (``tick``); each worker samples its task thread's stack every 10 ms under the GIL (the
+#: statistical profiler, only shown on a dashboard); the memory monitors poll every 100 ms; the system
+#: monitor every 500 ms.  Work stealing and the active memory manager have nothing to do here: tasks are
+#: queued on the scheduler until a worker is free, and they return only a small manifest entry.
+#: benchmarks/survey_scale.py records what these cost (``dask_monitoring``).
+QUIET_DASK: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.admin.system-monitor.disk": False,
+    "distributed.worker.memory.monitor-interval": "2s",
+    "distributed.scheduler.work-stealing": False,
+    "distributed.scheduler.active-memory-manager.start": False,
+    "distributed.client.scheduler-info-interval": "10s",
+}
+
+
+def local_cluster(n_workers: int, *, threads: int | None = None, preload: bool = True, quiet: bool = True,
+                  silence_logs: int = 40) -> Any:
+    """A ``distributed.LocalCluster`` for zpix: ``n_workers`` processes running one task at a time.
+
+    Each worker process (under a nanny, which restarts it if it dies, so a killed worker's task is
+    recomputed and the job goes on) runs torch with ``threads`` intra-op threads (default cores /
+    workers, :func:`worker_cores`, at least 1), imports the prediction stack while it starts
+    (:func:`dask_setup`, with ``preload``) and runs with Dask's monitoring turned down
+    (:data:`QUIET_DASK`, with ``quiet``).  The scheduler, the nannies and the client live in the calling
+    process.  The cluster start then includes the workers' imports (seconds), which every job on the
+    cluster no longer pays.
+    """
+    import dask
+    from distributed import LocalCluster
+
+    if n_workers < 1:
+        raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+    threads = max(1, int(threads or worker_cores() // n_workers))
+    # the nanny applies this environment before the worker imports anything (torch reads it at import)
+    env = {var: str(threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    # The scheduler reads its settings when it is made.  A nanny hands its configuration to every worker it
+    # (re)starts, but keeps it as a shallow merge over the global one, whose nested dicts dask.config.set
+    # restores in place: a worker restarted after the context would run with the defaults, hence the copy.
+    with dask.config.set(QUIET_DASK if quiet else {}):
+        config = copy.deepcopy(dask.config.config)
+        return LocalCluster(n_workers=int(n_workers), threads_per_worker=1, processes=True, dashboard_address=None,
+                            silence_logs=silence_logs, env=env, preload=[__name__] if preload else [],
+                            config=config)
+
+
 def _client(cluster: str) -> tuple[Any, Any]:
     """A distributed Client and the LocalCluster it owns (None for a scheduler address)."""
-    from distributed import Client, LocalCluster
+    import dask
+    from distributed import Client
 
     kind, arg = parse_cluster(cluster)
     if kind == "local":
-        # processes, one task at a time each: the model is loaded once per worker process
-        lc = LocalCluster(n_workers=int(arg), threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=40)
-        return Client(lc), lc
+        lc = local_cluster(int(arg))
+        with dask.config.set(QUIET_DASK):
+            return Client(lc), lc
     return Client(str(arg)), None
 
 
@@ -398,14 +487,19 @@ def predict_distributed(
                                      threads=threads,
                                      key=f"zpix-{p.name}-{os.getpid()}-{time.time_ns()}", pure=False, retries=2)
                        for p in todo]
+            # Keep no future once its manifest entry is in hand: the partition is on disk, and a future still
+            # held makes Dask recompute its task when the worker holding the (small) result dies.  The loop is
+            # this client's: as_completed would otherwise take the process's default client's.
+            pending = as_completed(futures, with_results=True, loop=client.loop)
+            del futures
             try:
-                for fut in as_completed(futures):
-                    entry = fut.result()
+                for fut, entry in pending:
+                    del fut
                     computed.append(entry["name"])
                     if on_partition is not None:
                         on_partition(entry)
             except BaseException:
-                client.cancel(futures)  # what finished is in the manifest; a rerun computes the rest
+                client.cancel(list(pending.futures))  # what finished is in the manifest; a rerun computes the rest
                 raise
     finally:
         if own is not None:
