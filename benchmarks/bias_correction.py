@@ -14,8 +14,18 @@ equal-count z_phot bins (:func:`zpix.evaluation.trends.bias_summary`).  N_th, th
 (and, on MGS, a few candidates with the range-edge density) are chosen on the validation rows only: the
 smallest validation spec-z trend amplitude (z_spec bins holding the same share of the validation rows as
 100 test objects are of the test rows) among the candidates whose validation σ_MAD is within 5% of the
-model's own.  The photo-z calibration's bin size is chosen by cross-validation on the validation rows
-(the calibrator's default); a fixed 50 objects per bin is recorded too.  Ablations (no soft labels, no
+model's own.  The photo-z calibration's bin size is chosen on the validation rows by the calibrator's
+default rule (:func:`zpix.calibration.photoz.choose_bin_size`: maps that resolve the 5 tomographic bins
+with ≥ 2 knots each, 20 × 5-fold CV scored on the held-out folds' Δ⟨z⟩ per tomographic bin, ties within
+one standard error to the larger bins); a fixed 50 objects per bin is recorded too.
+
+The tomographic requirement is measured on a finite test sample after a calibration fitted on a finite
+validation sample, so each ``max_tomo_bias`` comes with its noise (:func:`tomo_noise`): the bootstrap error
+of the test value, the value noise alone would give if every bin were unbiased, and, for the calibrated
+stage, the value expected from a perfect calibration rule given the validation size.  ``rule_check``
+repeats the calibration rule and fixed bin sizes on synthetic samples drawn from the validation rows
+themselves (their binned trend as the truth, their residuals as the noise; no test row), which is how the
+rule was checked before it was run on test rows.  Ablations (no soft labels, no
 edge shift, no balancing) at the chosen configuration and the calibration without debiasing are recorded.
 
 Cases:
@@ -92,6 +102,109 @@ def scores(probs: np.ndarray, grid: Any, z_spec: np.ndarray, min_count: int = 10
             "phot_z_trend": {k: b["phot_z_trend"][k] for k in ("center", "n", "mean_dz", "mean_dz_err")}}
 
 
+def tomo_noise(zp: np.ndarray, zs: np.ndarray, *, cal_err: list[float] | None = None, n_boot: int = 200,
+               n_draw: int = 20000, seed: int = 0, requirement: float = 0.002) -> dict[str, Any]:
+    """The noise of max |Δ⟨z⟩| over 5 equal-count z_phot bins on these objects.
+
+    * ``bootstrap_err``: std of the max over bootstrap resamples of the objects (edges recomputed each time);
+    * ``noise_only_expected`` / ``noise_only_p_below``: E[max_j |N(0, s_j)|] and P(max < ``requirement``)
+      with s_j = std(Δz_j)/√n_j, i.e. for a perfectly unbiased estimate measured on this many objects;
+    * with ``cal_err`` (per-bin standard errors of the calibration's own fit, from the fitting rows):
+      ``perfect_calibration_expected`` / ``perfect_calibration_p_below``, the same with
+      s_j² + cal_err_j²: what a calibration free of any bias still shows, from the two sample sizes alone.
+    """
+    from zpix.evaluation.nz import tomographic_edges, tomographic_index
+
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        i = rng.integers(0, zp.size, zp.size)
+        idx = tomographic_index(zp[i], tomographic_edges(zp[i], 5))
+        boot.append(max(abs(np.mean(zp[i][idx == j] - zs[i][idx == j])) for j in range(5)))
+    s = np.asarray(tomo_errors(zp, zs, list(tomographic_edges(zp, 5))))
+    draws = np.abs(rng.normal(0.0, s, (n_draw, s.size))).max(1)
+    out = {"bootstrap_err": float(np.std(boot)), "per_bin_test_err": s.tolist(),
+           "noise_only_expected": float(draws.mean()), "noise_only_p_below": float(np.mean(draws < requirement))}
+    if cal_err is not None:
+        tot = np.sqrt(s ** 2 + np.asarray(cal_err) ** 2)
+        draws = np.abs(rng.normal(0.0, tot, (n_draw, tot.size))).max(1)
+        out.update(per_bin_calibration_err=list(map(float, cal_err)),
+                   perfect_calibration_expected=float(draws.mean()),
+                   perfect_calibration_p_below=float(np.mean(draws < requirement)))
+    return out
+
+
+def calibration_errors(zp_val: np.ndarray, zs_val: np.ndarray) -> list[float]:
+    """Standard error of the validation mean residual in each of 5 equal-count z_phot bins: the noise a
+    calibration fitted on these rows carries into each tomographic bin, whatever its bin size (≤ n/5)."""
+    from zpix.evaluation.nz import tomographic_edges
+
+    return tomo_errors(zp_val, zs_val, list(tomographic_edges(zp_val, 5)))
+
+
+def rule_check(zp_val: np.ndarray, zs_val: np.ndarray, n_test: int, reps: int, seed: int = 0,
+               fixed: tuple[int, ...] = (25, 50, 100, 200, 400)) -> dict[str, Any]:
+    """The bin-size rule on synthetic samples made from the validation rows only.
+
+    Truth: E[z_spec − z_phot | z_phot] = the validation rows' mean residual in 15 equal-count z_phot bins,
+    interpolated; a synthetic object is a validation z_phot (jittered by 0.002) with a residual drawn from a
+    validation object of the same bin.  Each repeat draws as many fitting objects as there are validation
+    rows, fits the calibration with the default rule, with the old rule (one 5-fold CV, smallest RMS, no
+    resolution condition) and with each fixed bin size, and measures the calibration error per tomographic
+    bin exactly on 200,000 synthetic objects; the test sample's own noise (``n_test`` objects) is then
+    added by simulation.  Reported: RMS error per bin, E[max |Δ⟨z⟩|], P(max < 0.002), the sizes chosen.
+    """
+    from zpix.calibration.photoz import MIN_PER_BIN_GRID, _isotonic_map, choose_bin_size
+
+    rng = np.random.default_rng(seed)
+    zp0, zs0 = np.asarray(zp_val, dtype=np.float64), np.asarray(zs_val, dtype=np.float64)
+    q = np.quantile(zp0, np.linspace(0, 1, 16))
+    b0 = np.clip(np.searchsorted(q, zp0, side="right") - 1, 0, 14)
+    cen = np.array([zp0[b0 == j].mean() for j in range(15)])
+    trend = np.array([(zs0 - zp0)[b0 == j].mean() for j in range(15)])
+    res0 = (zs0 - zp0) - np.interp(zp0, cen, trend)
+    members = [np.flatnonzero(b0 == j) for j in range(15)]
+
+    def draw(n):
+        i = rng.integers(0, zp0.size, n)
+        zp = zp0[i] + rng.normal(0.0, 0.002, n)
+        j = np.array([members[b][rng.integers(0, members[b].size)] for b in b0[i]])
+        return zp, zp + np.interp(zp, cen, trend) + res0[j]
+
+    zp_big, zs_big = draw(200_000)
+    test_err = float(np.std(zs_big - zp_big) / np.sqrt(n_test / 5))
+    rules = {"default_rule": lambda a, b: choose_bin_size(a, b, seed=int(rng.integers(1 << 31)))["chosen"],
+             "old_rule_5fold_rms": lambda a, b: choose_bin_size(a, b, grid=MIN_PER_BIN_GRID, repeats=1,
+                                                                 knots_per_cv_bin=0,
+                                                                 seed=int(rng.integers(1 << 31)))["best_score"],
+             **{f"fixed_{m}": (lambda a, b, m=m: m) for m in fixed}}
+    errs: dict[str, list] = {k: [] for k in rules}
+    chosen: dict[str, list] = {k: [] for k in rules}
+    for _ in range(reps):
+        zp, zs = draw(zp0.size)
+        cache: dict[int, np.ndarray] = {}
+        for k, f in rules.items():
+            m = int(f(zp, zs))
+            if m not in cache:
+                kn, tg = _isotonic_map(zp, zs, m, 100)
+                out = zp_big + np.interp(zp_big, kn, np.asarray(tg) - np.asarray(kn))
+                g = np.array_split(np.argsort(out, kind="stable"), 5)
+                cache[m] = np.array([np.mean(out[x] - zs_big[x]) for x in g])
+            errs[k].append(cache[m])
+            chosen[k].append(m)
+    test_noise = rng.normal(0.0, test_err, (reps, 5))
+    out: dict[str, Any] = {"reps": reps, "n_fit": int(zp0.size), "n_test": int(n_test),
+                           "test_err_per_bin": test_err, "rules": {}}
+    for k in rules:
+        e = np.asarray(errs[k])
+        mx = np.abs(e + test_noise).max(1)
+        sizes, counts = np.unique(chosen[k], return_counts=True)
+        out["rules"][k] = {"rms_calibration_err_per_bin": float(np.sqrt(np.mean(e ** 2))),
+                           "expected_max_tomo_bias": float(mx.mean()), "p_below_0.002": float(np.mean(mx < 0.002)),
+                           "chosen": {str(a): int(c) for a, c in zip(sizes, counts, strict=True)}}
+    return out
+
+
 def tomo_errors(zp: np.ndarray, zs: np.ndarray, edges: list[float]) -> list[float]:
     """Standard error of Δ<z> = <z_phot − z_spec> in each tomographic bin: std/√n (how far from 0 noise alone
     puts it on this many test objects)."""
@@ -154,16 +267,18 @@ ABLATIONS: dict[str, dict[str, Any]] = {
 
 
 def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val, z_test, grid,
-             candidates: list[dict[str, Any]], seed: int, log, ablation_names=tuple(ABLATIONS)
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
+             candidates: list[dict[str, Any]], seed: int, log, ablation_names=tuple(ABLATIONS),
+             rule_check_reps: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """The sweep on validation rows, the chosen correction on test rows, ablations and calibration."""
     from zpix.debias.api import DebiasConfig
+    from zpix.pdf import pdf_mean
 
     p_val0 = np.mean([v.probs for v in val_in], axis=0)
     p_test0 = np.mean([t.probs for t in test_in], axis=0)
     vmin = val_min_count(len(z_val), len(z_test))
     before_val = scores(p_val0, grid, z_val, vmin)
     before = scores(p_test0, grid, z_test)
+    before["max_tomo_bias_noise"] = tomo_noise(pdf_mean(p_test0, grid), z_test, seed=seed)
     log(f"[{name}] before (test): {headline(before)}")
     sweep, made = [], []
     for overrides in candidates:
@@ -188,10 +303,20 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
     cfg = DebiasConfig(**chosen, seed=seed)
     plan, new_heads, hist, p_val, p_test = made[best]
     debiased = scores(p_test, plan.grid, z_test)
+    debiased["max_tomo_bias_noise"] = tomo_noise(pdf_mean(p_test, plan.grid), z_test, seed=seed)
     log(f"[{name}] debiased {describe(chosen)} (test): {headline(debiased)}")
     chain, step, p_after = photoz_calibrate(p_val, z_val, p_test, plan.grid)
     after = scores(p_after, plan.grid, z_test)
+    from zpix.pdf import pdf_mean
+
+    zp_val_after = pdf_mean(chain(p_val), plan.grid)
+    after["max_tomo_bias_noise"] = tomo_noise(pdf_mean(p_after, plan.grid), z_test,
+                                              cal_err=calibration_errors(zp_val_after, z_val), seed=seed)
     log(f"[{name}] after photo-z calibration ({step.calibrator.summary()}) (test): {headline(after)}")
+    nz = after["max_tomo_bias_noise"]
+    log(f"[{name}]   noise of max|Δ<z>|: bootstrap ±{nz['bootstrap_err']:.4f}; test size alone "
+        f"{nz['noise_only_expected']:.4f}; a perfect calibration on {len(z_val)} validation rows "
+        f"{nz['perfect_calibration_expected']:.4f} (P < 0.002: {nz['perfect_calibration_p_below']:.2f})")
     _, _, p_fixed = photoz_calibrate(p_val, z_val, p_test, plan.grid, fixed_min_per_bin=50)
     after_fixed_bins = scores(p_fixed, plan.grid, z_test)
     log(f"[{name}] after photo-z calibration with 50 objects per bin, no CV (test): {headline(after_fixed_bins)}")
@@ -205,6 +330,15 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
         p2, _, _, pv, pt = correct(heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val, grid, c)
         ablations[label] = {"val": scores(pv, p2.grid, z_val, vmin), "test": scores(pt, p2.grid, z_test)}
         log(f"[{name}] ablation {label} (test): {headline(ablations[label]['test'])}")
+    check = None
+    if rule_check_reps:
+        # validation rows only: decided before, and independent of, the test numbers above
+        t0 = time.perf_counter()
+        check = rule_check(pdf_mean(p_val, plan.grid), z_val, len(z_test), rule_check_reps, seed=seed)
+        log(f"[{name}] rule check on synthetic samples from the validation rows ({rule_check_reps} repeats, "
+            f"{time.perf_counter() - t0:.0f} s): " + "; ".join(
+                f"{k} E[max] {v['expected_max_tomo_bias']:.4f} P<0.002 {v['p_below_0.002']:.2f}"
+                for k, v in check["rules"].items()))
     fitted = {"n_th": n_th, "edge_scale": scale, "chosen": chosen, "val_min_count": vmin,
               "chosen_on": "validation rows: smallest spec-z trend amplitude (bins >= "
               f"{vmin} objects) with sigma_MAD <= {SIGMA_TOLERANCE} x the model's own",
@@ -219,6 +353,8 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
               "before": before, "debiased": debiased, "after": after, "calibrated_only": calibrated_only,
               "after_fixed_50_per_bin": after_fixed_bins,
               "before_val": before_val, "sweep": sweep, "ablations": ablations, "fitted": fitted}
+    if check is not None:
+        result["photoz_rule_check"] = check
     result["targets"] = {
         "trend_halves (debiased)": debiased["spec_z_trend_amplitude"] <= 0.5 * before["spec_z_trend_amplitude"],
         "trend_halves (after)": after["spec_z_trend_amplitude"] <= 0.5 * before["spec_z_trend_amplitude"],
@@ -258,7 +394,7 @@ def spread_rows(h, rows: np.ndarray, n: int):
 
 
 def mock_case(run: Path, cubes: Path, work: Path, candidates, seed: int, batch_size: int, log,
-              max_train: int | None = None, ablations=tuple(ABLATIONS)) -> dict[str, Any]:
+              max_train: int | None = None, ablations=tuple(ABLATIONS), rule_check_reps: int = 0) -> dict[str, Any]:
     import torch
 
     from zpix.debias.api import module_with_head, r_magnitudes, write_debiased_run
@@ -310,7 +446,7 @@ def mock_case(run: Path, cubes: Path, work: Path, candidates, seed: int, batch_s
     val_in, test_in = inputs("val", split.val), inputs("test", split.test)
     result, made = run_case("mock_sdss", [pdf_head(m) for m in members], train_in, val_in, test_in,
                             z_all[split.train], mag_train, z_all[split.val], mag_val, z_all[split.test], grid,
-                            candidates, seed, log, ablations)
+                            candidates, seed, log, ablations, rule_check_reps)
     result["n_train_with_features"] = int(len(needed))
     # the same correction as ordinary run directories, predicted like any run
     from zpix.calibration import calibrate
@@ -356,7 +492,8 @@ def mock_case(run: Path, cubes: Path, work: Path, candidates, seed: int, batch_s
 # the real catalogue: the magnitude network
 
 
-def mgs_case(candidates, seed: int, log, ablations=tuple(ABLATIONS)) -> dict[str, Any] | None:
+def mgs_case(candidates, seed: int, log, ablations=tuple(ABLATIONS), rule_check_reps: int = 0
+             ) -> dict[str, Any] | None:
     if not MGS.is_dir():
         log(f"[sdss_mgs] {MGS} is not available (../shared is absent); skipped")
         return None
@@ -386,10 +523,38 @@ def mgs_case(candidates, seed: int, log, ablations=tuple(ABLATIONS)) -> dict[str
     mag_fit, mag_val = fit.dereddened()[:, r], val.dereddened()[:, r]
     result, _ = run_case("sdss_mgs", [pdf_head(module)], ins["train"], ins["val"], ins["test"],
                          fit.z_spec.astype(np.float64), mag_fit, val.z_spec.astype(np.float64), mag_val,
-                         test.z_spec.astype(np.float64), model.grid, candidates, seed, log, ablations)
+                         test.z_spec.astype(np.float64), model.grid, candidates, seed, log, ablations,
+                         rule_check_reps)
     result["data"] = {"catalogue": "SDSS MGS (MLZ SDSS_MGS.train / .test)", "model": "hybrid-mags (PDF head)",
                       "magnet_training": summary}
     return result
+
+
+#: the numbers of a run that the seed summary keeps
+SEED_METRICS = ("sigma_mad", "spec_z_trend_amplitude", "nz_ks", "max_tomo_bias")
+
+
+def seed_entry(res: dict[str, Any]) -> dict[str, Any]:
+    """One seed of a case: its validation choices and the headline numbers of each stage."""
+    cal = res["fitted"]["photoz_calibration"]["params"]
+    return {"chosen": res["fitted"]["chosen"], "photoz_min_per_bin": cal["min_per_bin"],
+            **{st: {k: res[st][k] for k in SEED_METRICS} for st in ("before", "debiased", "after")},
+            "after_max_tomo_bias_noise": res["after"].get("max_tomo_bias_noise"),
+            "targets": res["targets"]}
+
+
+def seed_summary(entries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std (ddof 1) over seeds of each stage's headline numbers, and how often each target held."""
+    out: dict[str, Any] = {"n_seeds": len(entries), "seeds": sorted(entries, key=int)}
+    for st in ("before", "debiased", "after"):
+        out[st] = {}
+        for k in SEED_METRICS:
+            v = np.array([e[st][k] for e in entries.values()], dtype=np.float64)
+            out[st][k] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else float("nan"),
+                          "values": v.tolist()}
+    names = next(iter(entries.values()))["targets"]
+    out["targets_met"] = {t: int(sum(bool(e["targets"][t]) for e in entries.values())) for t in names}
+    return out
 
 
 @click.command()
@@ -409,11 +574,17 @@ def mgs_case(candidates, seed: int, log, ablations=tuple(ABLATIONS)) -> dict[str
 @click.option("--ablations", "ablation_list", default=",".join(ABLATIONS), show_default=True,
               help="Ablations to run at the chosen configuration (comma-separated; 'none' for none).")
 @click.option("--out", default=str(RESULTS / "bias_correction.json"), show_default=True)
+@click.option("--rule-check-reps", default=100, show_default=True,
+              help="Repeats of the photo-z bin-size rule check on synthetic samples from the validation rows "
+              "(0: none).")
+@click.option("--seed-results", default="", help="Comma-separated results files of other-seed invocations "
+              "(same commit, e.g. --cases sdss_mgs --seed 1 --ablations none): each case's seeds go into a "
+              "`seeds` block with their mean and std.")
 @click.option("--include", "include", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Results file of an earlier invocation (same commit) whose cases are added to this one's.")
 def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_scales: str, cases: str,
-         max_train: int | None, seed: int, threads: int, batch_size: int, ablation_list: str, out: str,
-         include: str | None) -> None:
+         max_train: int | None, seed: int, threads: int, batch_size: int, ablation_list: str,
+         rule_check_reps: int, seed_results: str, out: str, include: str | None) -> None:
     import torch
 
     ablations = tuple(a for a in ablation_list.split(",") if a and a != "none")
@@ -431,7 +602,8 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
     doc: dict[str, Any] = {**stamp(), "method": "Lin et al. 2022 bias correction (zpix.debias) + photo-z "
                            "calibration (zpix.calibration.photoz)",
                            "candidates": {c: candidates(c) for c in ("mock_sdss", "sdss_mgs")},
-                           "sigma_tolerance": SIGMA_TOLERANCE, "ablations": list(ablations), "runs": {},
+                           "sigma_tolerance": SIGMA_TOLERANCE, "ablations": list(ablations), "seed": seed,
+                           "runs": {},
                            "log": []}
 
     def log(msg: str) -> None:
@@ -443,10 +615,10 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
             log("[mock_sdss] needs --run and --cubes; skipped")
         else:
             doc["runs"]["mock_sdss"] = mock_case(Path(run), Path(cubes), Path(work), candidates("mock_sdss"), seed,
-                                                 batch_size, log, max_train, ablations)
+                                                 batch_size, log, max_train, ablations, rule_check_reps)
             write_json(Path(out), doc)
     if "sdss_mgs" in wanted:
-        res = mgs_case(candidates("sdss_mgs"), seed, log, ablations)
+        res = mgs_case(candidates("sdss_mgs"), seed, log, ablations, rule_check_reps)
         if res is not None:
             doc["runs"]["sdss_mgs"] = res
     if include:
@@ -460,6 +632,26 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
             when = {"date_utc": other["date_utc"], "loadavg_at_start": other.get("loadavg_at_start")}
             doc["runs"].setdefault(name, {**res, "from_invocation": when})
         doc["log"] = other.get("log", []) + doc["log"]
+    if seed_results:
+        import json
+
+        for path in seed_results.split(","):
+            other = json.loads(Path(path).read_text())
+            if other.get("commit") != doc["commit"]:
+                raise click.ClickException(f"{path} was written at commit {other.get('commit')}, this run is at "
+                                           f"{doc['commit']}: rerun it at one commit")
+            for name, res in other["runs"].items():
+                if name in doc["runs"]:
+                    doc["runs"][name].setdefault("seeds", {str(seed): seed_entry(doc["runs"][name])})
+                    s_other = str(other["seed"])
+                    if s_other in doc["runs"][name]["seeds"]:
+                        raise click.ClickException(f"{path}: seed {s_other} of {name} is already in")
+                    doc["runs"][name]["seeds"][s_other] = {**seed_entry(res), "date_utc": other["date_utc"],
+                                                           "loadavg_at_start": other.get("loadavg_at_start")}
+            doc["log"] += [f"[seed {other['seed']}] {m}" for m in other.get("log", [])]
+        for res in doc["runs"].values():
+            if len(res.get("seeds", {})) > 1:
+                res["seed_summary"] = seed_summary(res["seeds"])
     write_json(Path(out), doc)
     print(f"wrote {out}")
 
