@@ -296,17 +296,19 @@ def bias_table() -> list[str]:
             err = f" ± {m['max_tomo_bias_noise']['bootstrap_err']:.4f}" if "max_tomo_bias_noise" in m else ""
             out.append(f"| {label if key == 'before' else ''} | {name} | {m['sigma_mad']:.5f} | "
                        f"{m['spec_z_trend_amplitude']:.4f} | {m['nz_ks']:.4f} | {m['max_tomo_bias']:.4f}{err} |")
-    out += ["", "± on max |Δ⟨z⟩|: bootstrap error over the test objects.  Noise level of max |Δ⟨z⟩| after the "
-            "photo-z calibration (expected value if every bin were unbiased; P = chance of < 0.002):", "",
-            "| case | photo-z bins (objects per bin) | from the test size alone | perfect calibration on the "
-            "validation rows | P(< 0.002), perfect calibration |", "|---|---|---|---|---|"]
+    noise = []
     for case, r in doc["runs"].items():
         nz = r["after"].get("max_tomo_bias_noise")
         if nz and "perfect_calibration_expected" in nz:
             cal = r["fitted"]["photoz_calibration"]["params"]
-            out.append(f"| {case} | {len(cal['knots'])} ({cal['min_per_bin']}) | {nz['noise_only_expected']:.4f} | "
-                       f"{nz['perfect_calibration_expected']:.4f} ({r['n_val']:,} rows) | "
-                       f"{nz['perfect_calibration_p_below']:.2f} |")
+            noise.append(f"| {case} | {len(cal['knots'])} ({cal['min_per_bin']}) | {nz['noise_only_expected']:.4f} | "
+                         f"{nz['perfect_calibration_expected']:.4f} ({r['n_val']:,} rows) | "
+                         f"{nz['perfect_calibration_p_below']:.2f} |")
+    if noise:
+        out += ["", "± on max |Δ⟨z⟩|: bootstrap error over the test objects.  Noise level of max |Δ⟨z⟩| after the "
+                "photo-z calibration (expected value if every bin were unbiased; P = chance of < 0.002):", "",
+                "| case | photo-z bins (objects per bin) | from the test size alone | perfect calibration on the "
+                "validation rows | P(< 0.002), perfect calibration |", "|---|---|---|---|---|", *noise]
     for case, r in doc["runs"].items():
         sm = r.get("seed_summary")
         if not sm:
