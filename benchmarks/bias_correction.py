@@ -205,6 +205,16 @@ def rule_check(zp_val: np.ndarray, zs_val: np.ndarray, n_test: int, reps: int, s
     return out
 
 
+def rule_stability(zp_val: np.ndarray, zs_val: np.ndarray, n_seeds: int = 10) -> dict[str, list[int]]:
+    """The bin size each rule picks on the same validation rows for ``n_seeds`` CV partition seeds: the
+    default rule and the old one (one 5-fold CV, smallest RMS, no resolution condition)."""
+    from zpix.calibration.photoz import choose_bin_size
+
+    return {"default_rule": [choose_bin_size(zp_val, zs_val, seed=s)["chosen"] for s in range(n_seeds)],
+            "old_rule_5fold_rms": [choose_bin_size(zp_val, zs_val, repeats=1, knots_per_cv_bin=0, seed=s)["best_score"]
+                                   for s in range(n_seeds)]}
+
+
 def tomo_errors(zp: np.ndarray, zs: np.ndarray, edges: list[float]) -> list[float]:
     """Standard error of Δ<z> = <z_phot − z_spec> in each tomographic bin: std/√n (how far from 0 noise alone
     puts it on this many test objects)."""
@@ -339,6 +349,9 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
             f"{time.perf_counter() - t0:.0f} s): " + "; ".join(
                 f"{k} E[max] {v['expected_max_tomo_bias']:.4f} P<0.002 {v['p_below_0.002']:.2f}"
                 for k, v in check["rules"].items()))
+    stability = rule_stability(pdf_mean(p_val, plan.grid), z_val)
+    log(f"[{name}] photo-z bin size on the validation rows, CV partition seeds 0-9: default rule "
+        f"{stability['default_rule']}, old rule {stability['old_rule_5fold_rms']}")
     fitted = {"n_th": n_th, "edge_scale": scale, "chosen": chosen, "val_min_count": vmin,
               "chosen_on": "validation rows: smallest spec-z trend amplitude (bins >= "
               f"{vmin} objects) with sigma_MAD <= {SIGMA_TOLERANCE} x the model's own",
@@ -348,7 +361,7 @@ def run_case(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_
               "edge_width_per_mag_bin": plan.edge_width.tolist(), "n_subset": int(len(plan.subset.rows)),
               "n_train": int(len(z_train)), "cells": plan.subset.to_dict(),
               "head_epochs": [h["epochs_run"] for h in hist], "head_converged": [h["converged"] for h in hist],
-              "photoz_calibration": step.to_dict()}
+              "photoz_calibration": step.to_dict(), "photoz_rule_stability": stability}
     result = {"n_train": int(len(z_train)), "n_val": int(len(z_val)), "n_test": int(len(z_test)),
               "before": before, "debiased": debiased, "after": after, "calibrated_only": calibrated_only,
               "after_fixed_50_per_bin": after_fixed_bins,
