@@ -339,6 +339,12 @@ def bias_table() -> list[str]:
                 out.append(f"| {head} "
                            f"| {rule} | {v['rms_calibration_err_per_bin']:.5f} | {v['expected_max_tomo_bias']:.4f} "
                            f"| {v['p_below_0.002']:.2f} | {chosen} |")
+    stab = [(c, r["fitted"]["photoz_rule_stability"]) for c, r in doc["runs"].items()
+            if "photoz_rule_stability" in r["fitted"]]
+    if stab:
+        out += ["", "Objects per photo-z bin picked on each case's own validation rows for CV partition seeds 0-9:", ""]
+        out += [f"* {c}: default rule {v['default_rule']}; old rule (one 5-fold CV) {v['old_rule_5fold_rms']}"
+                for c, v in stab]
     out += ["", "See `docs/bias_correction.md` (ablations, σ per magnitude bin, targets)."]
     return out
 
