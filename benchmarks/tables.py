@@ -358,7 +358,8 @@ def calibration_table() -> list[str]:
            "| run | fit / test | chain | PIT KS | coverage68 | CRPS | σ_MAD |", "|---|---|---|---|---|---|---|"]
     for case, r in doc["runs"].items():
         b, a = r["before"], r["after"]
-        chain = "+".join(r["variants"]["auto"]["steps"]) or "none"
+        v = r["variants"]["auto"]
+        chain = "+".join(v["steps"] + (["keep-mean"] if v.get("keep_mean") else [])) or "none"
         out.append(f"| {case} | {r['n_fit']:,} / {r['n_test']:,} | {chain} "
                    f"| {b['pit_ks']:.4f} → {a['pit_ks']:.4f} | {b['coverage68']:.3f} → {a['coverage68']:.3f} "
                    f"| {b['crps']:.5f} → {a['crps']:.5f} | {b['sigma_mad']:.5f} → {a['sigma_mad']:.5f} |")
