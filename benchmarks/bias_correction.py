@@ -38,11 +38,14 @@ Cases:
   (``../shared/data/real/sdss_mgs_catalog``): trained on 3500 of the 5000 training galaxies, the other
   1500 are the validation rows, the 5000 test galaxies are scored; skipped where ``../shared`` is absent.
 
-Run from a clean worktree (see benchmarks/README.md), with absolute data paths::
+Run from a clean worktree (see benchmarks/README.md), with absolute data paths; MGS's other seeds first,
+each its own invocation, then both cases at seed 0 merging them into ``seeds`` / ``seed_summary``::
 
-    OMP_NUM_THREADS=2 nice -n 5 python benchmarks/bias_correction.py --threads 2 \
+    for s in 1 2; do OMP_NUM_THREADS=2 python benchmarks/bias_correction.py --threads 2 --cases sdss_mgs \
+        --seed $s --ablations none --rule-check-reps 0 --out /tmp/bias_seed$s.json; done
+    OMP_NUM_THREADS=2 python benchmarks/bias_correction.py --threads 2 \
         --run /work/main/runs/bench/p19s_20k --cubes /work/main/runs/bench/mock_sdss.h5 \
-        --work /work/main/runs/bench/bias_correction
+        --work /work/main/runs/h12_bias_correction --seed-results /tmp/bias_seed1.json,/tmp/bias_seed2.json
 """
 
 from __future__ import annotations
