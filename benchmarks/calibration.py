@@ -10,9 +10,11 @@ coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method
   catalogue (``../shared``; skipped where absent), trained on 60% of SDSS_MGS.train, calibrated on the
   other 40% (2000 objects, seeded draw), scored on SDSS_MGS.test;
 * ``kids_regression`` — the KiDS hybrid's regression head, magnitudes branch only (``hybrid-mags``), trained
-  on a 12,000-object KiDS mock with 30% test rows and 30% of the rest as validation rows (not the
-  preset's 15% and 15%: 2,520 validation objects, and enough test objects that a calibrated model's own
-  PIT KS is below 0.02; ``--kids-cubes``; skipped where absent).
+  on the 20,000-object KiDS mock of ``benchmarks/kids_hybrid.py`` (``--survey kids --n 20000 --seed 7``) with
+  30% test rows and 30% of the rest as validation rows (not the preset's 15% and 15%: 4,200 fitting and 6,000
+  test objects, so that neither the fitted map's noise nor the test set's own, 0.87/√6000 = 0.011, fills the
+  0.02 target; ``--kids-cubes``; skipped where absent).  The results before 05d108f used a 12,000-object
+  mock (2,520 / 3,600).
 
 Each run also has ``val_vs_test``: two-sample KS tests between its fitting and its test rows (uncalibrated PITs,
 z_spec), to tell a real shift between them from sampling noise.
@@ -28,15 +30,15 @@ on 20,000 new ones: the fitted maps' own noise against n (the nonparametric ``pi
 Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as locked parts, then
 joined (the CNN run is the shared runs/bench/p19s_20k, 15 epochs)::
 
+    zpix simulate --survey kids --n 20000 --seed 7 --workers 2 --out /work/main/runs/calib17/kids20k.h5
     B="python benchmarks/calibration.py --run /work/main/runs/bench/p19s_20k --cubes /work/main/runs/bench/mock_sdss.h5"
     $B --cases noise_vs_n --out part_noise.json
     $B --cases cnn_mock --out part_cnn.json
-    $B --cases knn_mgs,magnet_mgs,kids_regression --kids-cubes /work/main/runs/calib/kids12k.h5 \\
-        --work /tmp/zcal/work --out part_other.json
-    python benchmarks/calibration.py --merge part_noise.json --merge part_cnn.json --merge part_other.json
+    $B --cases knn_mgs,magnet_mgs --out part_mgs.json
+    $B --cases kids_regression --kids-cubes /work/main/runs/calib17/kids20k.h5 --work /tmp/zcal17/work \\
+        --out part_kids20k.json
+    $B --merge part_noise.json --merge part_cnn.json --merge part_mgs.json --merge part_kids20k.json
     python benchmarks/calibration.py --render-docs                                   # docs/calibration.md + figure
-
-with the KiDS mock from ``zpix simulate --survey kids --n 12000 --seed 7 --out runs/calib/kids12k.h5``.
 """
 
 from __future__ import annotations
@@ -533,14 +535,14 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
 @click.option("--val-fraction", default=0.4, show_default=True,
               help="MGS: part of the training file for fitting (0.4: 2000 objects).")
 @click.option("--batch-size", default=128, show_default=True)
-@click.option("--kids-cubes", type=click.Path(dir_okay=False), default="runs/calib/kids12k.h5", show_default=True,
+@click.option("--kids-cubes", type=click.Path(dir_okay=False), default="runs/calib17/kids20k.h5", show_default=True,
               help="KiDS mock (zpix simulate --survey kids) for the kids_regression case.")
 @click.option("--kids-epochs", default=20, show_default=True)
 @click.option("--kids-val-fraction", default=0.3, show_default=True,
-              help="KiDS: validation part of the non-test rows (0.3 of 8,400: 2,520 objects).")
+              help="KiDS: validation part of the non-test rows (0.3 of 14,000: 4,200 objects).")
 @click.option("--kids-test-fraction", default=0.3, show_default=True,
-              help="KiDS test rows (the preset's 0.15 of 12,000 leaves 1,800: a perfectly calibrated model's PIT KS "
-                   "there is 0.87/sqrt(1800) = 0.021 on average, above the target).")
+              help="KiDS test rows (the preset's 0.15 of 20,000 leaves 3,000: a perfectly calibrated model's PIT KS "
+                   "there is 0.87/sqrt(3000) = 0.016 on average, most of the target).")
 @click.option("--work", type=click.Path(file_okay=False), default="runs/calib/work", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=str(RESULTS / "calibration.json"), show_default=True)
@@ -594,7 +596,7 @@ def main(run_dir: str, cubes: str, cases: str, noise_repeats: int, n_features: i
             entry = run_mgs(case.split("_")[0], seed, val_fraction)
         elif case == "kids_regression":
             if not Path(kids_cubes).is_file():
-                doc["skipped"][case] = f"{kids_cubes} is absent (zpix simulate --survey kids --n 12000 --seed 7)"
+                doc["skipped"][case] = f"{kids_cubes} is absent (zpix simulate --survey kids --n 20000 --seed 7)"
                 print(f"[{case}] skipped: {kids_cubes} absent")
                 continue
             entry = run_kids_regression(Path(kids_cubes), Path(work), seed, kids_epochs, batch_size, kids_val_fraction,

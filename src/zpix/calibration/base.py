@@ -10,7 +10,8 @@ Steps are registered by name (:func:`register_calibrator`) so that ``calibration
                 "fitted_on": {"rows": "val", "n": 2240}}, ...]}
 
 The steps are applied in order after the ensemble mean by ``zpix predict``
-(:func:`load_calibration`).  A step that needs per-object inputs besides the PDF (none of the
+(:func:`load_calibration`); with ``"keep_mean": true`` each PDF is then translated back to its mean before
+the chain (:func:`shift_to_mean`).  A step that needs per-object inputs besides the PDF (none of the
 built-in ones do) receives them as keyword arguments to ``apply``.
 """
 

@@ -29,11 +29,10 @@ from zpix.runs import CONFIG_FILE, SPLIT_FILE, Split
 #: the quality model then.
 MIN_VALIDATION = 50
 
-#: ``auto`` fits no map on fewer objects than this.  Measured (benchmarks/results/calibration.json
-#: ``noise_vs_n``; docs/calibration.md "How many validation objects"): a PIT map fitted on n calibrated PDFs
-#: moves the test PIT KS and coverage68 by its own noise, on average below the targets (0.02) from n = 1000
-#: on and above them at 500; and from 500 on the cross-validated rule never took a map that made new
-#: objects worse.  ``zpix calibrate --method pit`` (or any named method) still fits on fewer.
+#: ``auto`` fits no map on fewer objects than this.  Measured (benchmarks/results/calibration.json ``noise_vs_n``;
+#: docs/calibration.md "How many validation objects"): below it a map fitted on calibrated PDFs moves the test PIT
+#: KS and coverage68 by about the targets (0.02), and the cross-validated rule alone still gives calibrated PDFs a
+#: map in some fits.  ``zpix calibrate --method pit`` (or any named method) still fits on fewer.
 MIN_AUTO = 1000
 
 #: Chains that ``auto`` chooses from, in order of preference (of two as good, the earlier is taken).
