@@ -72,6 +72,18 @@ def stamp() -> dict[str, Any]:
     return doc
 
 
+def load_same_commit(path: str | os.PathLike, commit: str) -> dict[str, Any]:
+    """The results file at ``path``, refused (one click error) unless it was written at ``commit``: parts of a
+    run merged into one results file must come from one tree."""
+    import click
+
+    other = json.loads(Path(path).read_text())
+    if other.get("commit") != commit:
+        raise click.ClickException(f"{path} was written at commit {other.get('commit')}, this run is at {commit}: "
+                                   "rerun it at one commit")
+    return other
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> Path:
     """Write ``doc`` atomically (a killed run never leaves half a file)."""
     return write_text(path, json.dumps(doc, indent=1, default=_default, allow_nan=True) + "\n")

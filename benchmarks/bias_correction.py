@@ -59,7 +59,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, SHARED, stamp, write_json  # noqa: E402
+from _common import RESULTS, SHARED, load_same_commit, stamp, write_json  # noqa: E402
 
 MGS = SHARED / "data" / "real" / "sdss_mgs_catalog"
 #: candidate N_th per case: the 20k mock fills its cells, the 3.5k MGS fit rows need smaller caps to flatten anything
@@ -638,24 +638,14 @@ def main(run: str | None, cubes: str | None, work: str, n_th_grid: str, edge_sca
         if res is not None:
             doc["runs"]["sdss_mgs"] = res
     if include:
-        import json
-
-        other = json.loads(Path(include).read_text())
-        if other.get("commit") != doc["commit"]:
-            raise click.ClickException(f"{include} was written at commit {other.get('commit')}, this run is at "
-                                       f"{doc['commit']}: rerun it at one commit")
+        other = load_same_commit(include, doc["commit"])
         for name, res in other["runs"].items():
             when = {"date_utc": other["date_utc"], "loadavg_at_start": other.get("loadavg_at_start")}
             doc["runs"].setdefault(name, {**res, "from_invocation": when})
         doc["log"] = other.get("log", []) + doc["log"]
     if seed_results:
-        import json
-
         for path in seed_results.split(","):
-            other = json.loads(Path(path).read_text())
-            if other.get("commit") != doc["commit"]:
-                raise click.ClickException(f"{path} was written at commit {other.get('commit')}, this run is at "
-                                           f"{doc['commit']}: rerun it at one commit")
+            other = load_same_commit(path, doc["commit"])
             for name, res in other["runs"].items():
                 if name in doc["runs"]:
                     doc["runs"][name].setdefault("seeds", {str(seed): seed_entry(doc["runs"][name])})

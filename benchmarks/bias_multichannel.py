@@ -49,7 +49,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, stamp, write_json  # noqa: E402
+from _common import RESULTS, ROOT, load_same_commit, stamp, write_json  # noqa: E402
 from bias_correction import (  # noqa: E402
     MGS,
     N_PREDICT_CHECK,
@@ -407,10 +407,7 @@ def main(cases: str, run: str | None, cubes: str | None, features: str | None, w
                                                  Path(work), seed_list, chans, log)
     doc["seconds"] = time.perf_counter() - t0
     if include:
-        other = json.loads(Path(include).read_text())
-        if other.get("commit") != doc["commit"]:
-            raise click.ClickException(f"{include} was written at commit {other.get('commit')}, this run is at "
-                                       f"{doc['commit']}: rerun it at one commit")
+        other = load_same_commit(include, doc["commit"])
         for name, res in other["runs"].items():
             doc["runs"].setdefault(name, {**res, "from_invocation": {"date_utc": other["date_utc"],
                                                                      "seconds": other.get("seconds")}})
