@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from zpix.models.heads import BinnedPDFHead
+from zpix.models.heads import PASQUET2019_FC, BinnedPDFHead
 
 
 class MagChannelPDFHead(BinnedPDFHead):
@@ -46,7 +46,7 @@ class MagChannelPDFHead(BinnedPDFHead):
         n_bins: int = 180,
         z_min: float = 0.0,
         z_max: float = 0.4,
-        hidden: Sequence[int] = (1096, 1096),
+        hidden: Sequence[int] = PASQUET2019_FC,
         use_ebv: bool = True,
         mag_edges: Sequence[float] = (17.0,),
     ) -> None:
