@@ -23,7 +23,6 @@ from a checkpoint) and in ``debias.json``.  ``DebiasConfig(mag_channels=M)`` / `
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -205,7 +204,7 @@ def head_like(head: BinnedPDFHead, record: dict[str, Any]) -> MagChannelPDFHead:
     unknown = sorted(set(record) - {"n_channels", "mag_edges"})
     if unknown:
         raise ValueError(f"head_channels: unknown key(s) {unknown}; expected n_channels and mag_edges")
-    return with_mag_channels(copy.deepcopy(head), n_channels=int(record["n_channels"]), mag_edges=record["mag_edges"])
+    return with_mag_channels(head, n_channels=int(record["n_channels"]), mag_edges=record["mag_edges"])
 
 
 def describe_channels(record: dict[str, Any]) -> str:
