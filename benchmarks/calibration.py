@@ -4,8 +4,10 @@ fitting, and how well the per-object quality score finds catastrophic outliers.
 Runs (``runs`` map of the JSON, each with ``before`` and ``after`` blocks of pit_ks, coverage68,
 coverage95, crps, sigma_mad, eta, bias, n; ``variants`` holds every other method chain tried):
 
-* ``cnn_mock`` — a trained image run (default the shared ``pasquet2019-small`` on the 28k SDSS-like mock,
-  ``runs/bench/p19s_20k``): the calibration is fitted on the run's validation rows, scored on its test rows;
+* ``cnn_mock`` — a trained image run (default ``runs/bench/p19s_v10k``: ``pasquet2019-small`` on a 40,000-object
+  SDSS-like mock with 22,500 training, 7,500 validation and 10,000 test rows, made by the two commands below):
+  the calibration is fitted on the run's validation rows, scored on its test rows.  The results before 2026-12-03
+  used ``runs/bench/p19s_20k`` (28k mock, 2,240 validation rows), whose fitted map's own noise filled the target;
 * ``knn_mgs`` and ``magnet_mgs`` — the k-NN and magnitude-network baselines on the real SDSS MGS
   catalogue (``../shared``; skipped where absent), trained on 60% of SDSS_MGS.train, calibrated on the
   other 40% (2000 objects, seeded draw), scored on SDSS_MGS.test;
@@ -28,10 +30,14 @@ on 20,000 new ones: the fitted maps' own noise against n (the nonparametric ``pi
 ``pit-affine`` and ``pit-beta``), from which MIN_AUTO was chosen, and what ``auto`` does on each population.
 
 Run from a clean worktree of a commit (see COMMON.md).  The committed results ran as locked parts, then
-joined (the CNN run is the shared runs/bench/p19s_20k, 15 epochs)::
+joined::
 
     zpix simulate --survey kids --n 20000 --seed 7 --workers 2 --out /work/main/runs/calib17/kids20k.h5
-    B="python benchmarks/calibration.py --run /work/main/runs/bench/p19s_20k --cubes /work/main/runs/bench/mock_sdss.h5"
+    zpix simulate --survey sdss --n 40000 --seed 2020 --workers 2 --out /work/main/runs/bench/mock_sdss40k.h5
+    zpix train --config pasquet2019_small --seed 2019 --max-epochs 10 --set val_fraction=0.25 \
+        --set test_fraction=0.25 --cubes /work/main/runs/bench/mock_sdss40k.h5 --out /work/main/runs/bench/p19s_v10k
+    B="python benchmarks/calibration.py --run /work/main/runs/bench/p19s_v10k \
+        --cubes /work/main/runs/bench/mock_sdss40k.h5"
     $B --cases noise_vs_n --out part_noise.json
     $B --cases cnn_mock --out part_cnn.json
     $B --cases knn_mgs,magnet_mgs --out part_mgs.json
@@ -57,7 +63,7 @@ from _common import RESULTS, SHARED, stamp, write_json  # noqa: E402
 MGS = SHARED / "data" / "real" / "sdss_mgs_catalog"
 CHAINS = {"auto": ["auto"], "temperature": ["temperature"], "pit-affine": ["pit-affine"], "pit-beta": ["pit-beta"],
           "pit": ["pit"], "temperature+pit": ["temperature", "pit"], "pit-local": ["pit-local"],
-          "temperature+pit-local": ["temperature", "pit-local"], "student-t": ["student-t"],
+          "pit-width": ["pit-width"], "temperature+pit-local": ["temperature", "pit-local"], "student-t": ["student-t"],
           "student-t+pit-affine": ["student-t", "pit-affine"],
           "student-t+pit-affine+keep-mean": ["student-t", "pit-affine", "keep-mean"],
           "student-t+pit": ["student-t", "pit"], "student-t+pit+keep-mean": ["student-t", "pit", "keep-mean"]}
@@ -525,9 +531,9 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
 
 
 @click.command()
-@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default="runs/bench/p19s_20k",
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default="runs/bench/p19s_v10k",
               show_default=True, help="Trained image run (config.yaml, split.npz, member_*/best.ckpt).")
-@click.option("--cubes", type=click.Path(exists=True, dir_okay=False), default="runs/bench/mock_sdss.h5",
+@click.option("--cubes", type=click.Path(exists=True, dir_okay=False), default="runs/bench/mock_sdss40k.h5",
               show_default=True)
 @click.option("--cases", default="cnn_mock,knn_mgs,magnet_mgs,kids_regression,noise_vs_n", show_default=True)
 @click.option("--noise-repeats", default=5, show_default=True, help="noise_vs_n: fitting sets drawn per size.")

@@ -380,13 +380,6 @@ def render() -> str:
              "### Bias correction, Lin et al. (`bias_correction.py` → `results/bias_correction.json`)", "",
              *bias_table(), "",
              "### Calibration (`calibration.py` → `results/calibration.json`)", "", *calibration_table(), ""]
-    if (RESULTS / "calibration_cnn_val7500.json").is_file():
-        parts += ["### Calibration of a CNN with 7,500 validation rows (`calibration.py --cases cnn_mock --run "
-                  "runs/bench/p19s_v10k` → `results/calibration_cnn_val7500.json`)", "",
-                  "*`zpix simulate --survey sdss --n 40000 --seed 2020`; `zpix train --config pasquet2019_small "
-                  "--seed 2019 --max-epochs 10 --set val_fraction=0.25 --set test_fraction=0.25` (22,500 train / "
-                  "7,500 validation / 10,000 test rows): the same code as above, with 3.3× the fitting rows of "
-                  "p19s_20k.*", "", *calibration_table("calibration_cnn_val7500.json"), ""]
     parts += ["### Speed, CPU (`speed.py` → `results/speed.json`)", "", *speed_table("speed.json")]
     if (RESULTS / "speed_gpu.json").is_file():
         parts += ["", "### Speed, GPU (`speed.py --device cuda` → `results/speed_gpu.json`)", "",

@@ -31,10 +31,12 @@ def pit_ks(probs, z) -> float:
 
 
 def test_builtin_methods_are_registered():
-    assert {"temperature", "pit", "pit-local", "student-t", "pit-affine", "pit-beta"} <= set(available_calibrators())
+    assert {"temperature", "pit", "pit-local", "pit-width", "student-t", "pit-affine", "pit-beta"} <= set(
+        available_calibrators())
 
 
-@pytest.mark.parametrize("method", ["temperature", "pit", "pit-local", "student-t", "pit-affine", "pit-beta"])
+@pytest.mark.parametrize("method", ["temperature", "pit", "pit-local", "pit-width", "student-t", "pit-affine",
+                                    "pit-beta"])
 @pytest.mark.parametrize("width_factor", [0.5, 2.0])
 def test_miscalibrated_model_gets_a_flat_pit(method, width_factor):
     val_p, val_z = synthetic(10_000, width_factor, seed=1)
@@ -74,7 +76,32 @@ def test_student_t_fixes_gaussian_widths_on_heavy_tails():
     assert pit_ks(chain(test_p), test_z) < 0.03
 
 
-@pytest.mark.parametrize("methods", [["temperature", "pit"], ["pit-local"], ["student-t"]])
+def two_precisions(n: int, frac_sharp: float, seed: int):
+    """A model whose sharp PDFs (bright objects, σ = 0.008) are 1.6x too wide and whose broad ones (faint,
+    σ = 0.03) are 1.6x too narrow; ``frac_sharp`` of the objects are bright."""
+    rng = np.random.default_rng(seed)
+    sharp = rng.random(n) < frac_sharp
+    sigma = np.where(sharp, 0.008, 0.03)
+    z = rng.uniform(0.08, 0.32, n)
+    zp = z + rng.normal(0, 1, n) * sigma
+    return gaussian_pdfs(zp, np.where(sharp, sigma * 1.6, sigma / 1.6), GRID), z, sharp
+
+
+def test_pit_width_follows_a_shift_in_precision_that_a_global_map_cannot():
+    # fitted on a half-bright sample, applied to a 90%-bright one (a brighter survey than the calibration set):
+    # the global map flattens the pooled validation PIT, not the bright objects', which now dominate
+    val_p, val_z, _ = two_precisions(8000, 0.5, seed=11)
+    test_p, test_z, sharp = two_precisions(8000, 0.9, seed=12)
+    global_map = fit_calibration(val_p, val_z, GRID, ["pit"])(test_p)
+    by_width = fit_calibration(val_p, val_z, GRID, ["pit-width"])(test_p)
+    assert pit_ks(global_map, test_z) > 0.05
+    assert pit_ks(by_width, test_z) < 0.025
+    for part in (sharp, ~sharp):  # calibrated within each population, not only pooled
+        inside = np.abs(cdf_at(by_width[part], GRID, test_z[part]) - 0.5) <= 0.34
+        assert abs(inside.mean() - 0.683) < 0.04
+
+
+@pytest.mark.parametrize("methods", [["temperature", "pit"], ["pit-local"], ["pit-width"], ["student-t"]])
 def test_map_survives_save_and_load(tmp_path, methods):
     val_p, val_z = synthetic(2000, 0.6, seed=6)
     chain = fit_calibration(val_p, val_z, GRID, methods, fitted_on={"rows": "val"})

@@ -5,6 +5,7 @@ Methods (``zpix calibrate RUN --method NAME``; see docs/calibration.md):
 * ``temperature`` — q ∝ p^(1/T), one scalar (Guo et al. 2017);
 * ``pit`` — the CDF mapped through the validation PITs' ECDF (Bordoloi et al. 2010);
 * ``pit-local`` — one PIT map per photo-z bin, interpolated in z_phot (conditional recalibration);
+* ``pit-width`` — one PIT map per bin of the PDF's 68% width (conditional on the object's own precision);
 * ``pit-affine`` / ``pit-beta`` — few-parameter PIT maps: Φ(a Φ⁻¹(u) + b) (shift and stretch in probit space) and
   beta calibration (Kull et al. 2017), fitted by minimum Cramér–von Mises distance;
 * ``keep-mean`` — last in a method list: each calibrated PDF translated back to its uncalibrated mean;

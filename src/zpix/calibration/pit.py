@@ -15,6 +15,9 @@ F(1) = 1 whose noise is that of the ECDF at the knots, not of every single PIT.
 before this step), interpolated linearly in z_phot between the bins' median photo-z, so that a PDF
 that is over-confident at low z and under-confident at high z is corrected at both ends (a binned form
 of the local calibration of Dey et al. 2022, "Cal-PIT", with the photo-z as the conditioning input).
+``pit-width`` is the same with the PDF's central 68% width (Pasquet et al. 2019 Sect. 4.3) as the conditioning
+input: the width follows the object's signal-to-noise, so a sample brighter or fainter than the validation
+objects (a covariate shift in magnitude) still gets the map of objects with PDFs like its own.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from zpix.calibration.base import Calibrator, check_probs, register_calibrator
-from zpix.pdf import RedshiftGrid, cdf_at, cdf_edges, pdf_mean
+from zpix.pdf import RedshiftGrid, cdf_at, cdf_edges, credible_interval, pdf_mean
 
 
 def fit_pit_map(pit: np.ndarray, n_knots: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +137,13 @@ class LocalPITRecalibration(Calibrator):
     objects in a bin.
     """
 
+    #: what the maps are conditioned on, read from each PDF before this step (see :meth:`condition`)
+    conditioned_on: ClassVar[str] = "z_phot"
+
+    def condition(self, p: np.ndarray, grid: RedshiftGrid) -> np.ndarray:
+        """The conditioning input of each PDF: its mean redshift."""
+        return pdf_mean(p, grid)
+
     def __init__(self, n_groups: int = 4, n_knots: int | str = "auto", min_per_group: int = 300,
                  centers: list[float] | None = None, maps: list[dict[str, list[float]]] | None = None,
                  grid: dict[str, Any] | None = None) -> None:
@@ -146,7 +156,7 @@ class LocalPITRecalibration(Calibrator):
 
     def fit(self, *, probs: np.ndarray, z_spec: np.ndarray, grid: RedshiftGrid, **context: Any) -> None:
         p = check_probs(probs, grid)
-        zp = pdf_mean(p, grid)
+        zp = self.condition(p, grid)
         pit = cdf_at(p, grid, z_spec)
         n_groups = max(1, min(self.n_groups, len(zp) // max(self.min_per_group, 1)))
         edges = np.quantile(zp, np.linspace(0, 1, n_groups + 1))
@@ -157,7 +167,7 @@ class LocalPITRecalibration(Calibrator):
         self.grid = grid
 
     def _weights(self, zp: np.ndarray) -> np.ndarray:
-        """(n_groups, N) hat-function weights in z_phot; constant beyond the outer centres."""
+        """(n_groups, N) hat-function weights in the conditioning input; constant beyond the outer centres."""
         assert self.centers is not None
         eye = np.eye(len(self.centers))
         return np.stack([np.interp(zp, self.centers, eye[g]) for g in range(len(self.centers))])
@@ -166,7 +176,7 @@ class LocalPITRecalibration(Calibrator):
         if self.maps is None or self.grid is None:
             raise RuntimeError("LocalPITRecalibration.apply before fit")
         p = check_probs(probs, self.grid)
-        w = self._weights(pdf_mean(p, self.grid))
+        w = self._weights(self.condition(p, self.grid))
         c = cdf_edges(p)
         c[:, -1] = 1.0
         f = np.zeros_like(c)
@@ -190,8 +200,21 @@ class LocalPITRecalibration(Calibrator):
     def summary(self) -> str:
         if self.centers is None:
             return "not fitted"
-        return f"{len(self.centers)} photo-z groups centred at {np.round(self.centers, 4).tolist()}, " \
+        return f"{len(self.centers)} {self.conditioned_on} groups centred at {np.round(self.centers, 4).tolist()}, " \
                f"{[len(x) + 1 for x, _ in self.maps or []]} knots"
+
+
+@register_calibrator("pit-width")
+class WidthPITRecalibration(LocalPITRecalibration):
+    """One PIT map per equal-count bin of the PDF's 68% width, interpolated in the width (conditional
+    recalibration on the object's own precision; see the module docstring)."""
+
+    conditioned_on: ClassVar[str] = "width68"
+
+    def condition(self, p: np.ndarray, grid: RedshiftGrid) -> np.ndarray:
+        """The conditioning input of each PDF: its central 68% interval's width."""
+        lo, hi = credible_interval(p, grid, 0.68)
+        return hi - lo
 
 
 class ParametricPITMap(Calibrator):

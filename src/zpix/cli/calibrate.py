@@ -9,9 +9,9 @@ import click
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--method", "methods", multiple=True, default=("auto",), show_default=True,
               help="Calibration step, in order (repeatable): temperature, pit, pit-affine, pit-beta, pit-local, "
-                   "student-t, photoz, keep-mean (last: PDFs translated back to their uncalibrated means), or auto "
-                   "(the chain that beats no calibration on held-out folds of the validation rows, beyond their "
-                   "noise; none with fewer than 1000 rows).")
+                   "pit-width, student-t, photoz, keep-mean (last: PDFs translated back to their uncalibrated "
+                   "means), or auto (the chain that beats no calibration on held-out folds of the validation rows, "
+                   "beyond their noise; none with fewer than 1000 rows).")
 @click.option("--out", required=True, type=click.Path(),
               help="New run directory (RUN's checkpoints hard-linked, plus the fitted calibration.json).")
 @click.option("--cubes", type=click.Path(exists=True, dir_okay=False),
