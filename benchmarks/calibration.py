@@ -43,7 +43,9 @@ joined::
     $B --cases knn_mgs,magnet_mgs --out part_mgs.json
     $B --cases kids_regression --kids-cubes /work/main/runs/calib17/kids20k.h5 --work /tmp/zcal17/work \\
         --out part_kids20k.json
-    $B --merge part_noise.json --merge part_cnn.json --merge part_mgs.json --merge part_kids20k.json
+    for s in 1 2; do $B --cases knn_mgs,magnet_mgs --seed $s --out part_mgs_seed$s.json; done
+    $B --merge part_noise.json --merge part_cnn.json --merge part_mgs.json --merge part_kids20k.json \
+        --merge-seed part_mgs_seed1.json --merge-seed part_mgs_seed2.json
     python benchmarks/calibration.py --render-docs                                   # docs/calibration.md + figure
 """
 
@@ -339,6 +341,42 @@ FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "calibration
 START, END = "<!-- calibration:start -->", "<!-- calibration:end -->"
 
 
+def meets_targets(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Issue 17's four targets on test rows: PIT KS ≤ 0.02, coverage68 0.683 ± 0.02, σ_MAD changed ≤ 1%, CRPS
+    not worse."""
+    return bool(after["pit_ks"] <= 0.02 and abs(after["coverage68"] - 0.683) <= 0.02
+                and abs(after["sigma_mad"] / before["sigma_mad"] - 1) <= 0.01 and after["crps"] <= before["crps"])
+
+
+def seed_entry(run: dict[str, Any]) -> dict[str, Any]:
+    """One seed of a run: the chain ``auto`` chose, then every chain's test numbers and whether they meet the
+    targets."""
+    v = run["variants"][DEFAULT_CHAIN]
+    return {"auto_chose": "+".join(v["steps"] + (["keep-mean"] if v.get("keep_mean") else [])) or "none",
+            "chains": {k: {m: v[m] for m in ("pit_ks", "coverage68", "crps", "sigma_mad")}
+                       | {"meets_targets": meets_targets(run["before"], v)} for k, v in run["variants"].items()}}
+
+
+def render_seeds(doc: dict[str, Any]) -> list[str]:
+    """Test numbers of ``auto`` and of the single PIT maps over the seeds of each run that has several."""
+    out: list[str] = []
+    for case, r in doc["runs"].items():
+        seeds = r.get("seeds")
+        if not seeds or len(seeds) < 2:
+            continue
+        names = ", ".join(seeds)
+        out += ["", f"{case}, seeds {names} (split of the training file, training and CV folds redone): PIT KS / "
+                "coverage68 on the test rows per seed, and on how many seeds all four targets hold "
+                f"(`auto` chose: {', '.join(e['auto_chose'] for e in seeds.values())}):", "",
+                "| chain | " + " | ".join(f"seed {k}" for k in seeds) + " | targets met |",
+                "|---|" + "---|" * (len(seeds) + 1)]
+        for chain in (DEFAULT_CHAIN, "pit-width", "pit-affine", "pit"):
+            rows = [e["chains"][chain] for e in seeds.values()]
+            out.append(f"| {chain} | " + " | ".join(f"{x['pit_ks']:.4f} / {x['coverage68']:.3f}" for x in rows)
+                       + f" | {sum(x['meets_targets'] for x in rows)} of {len(rows)} |")
+    return out
+
+
 def render(doc: dict[str, Any]) -> str:
     """Markdown of the results (the block between the markers of docs/calibration.md)."""
     out = [f"*{doc['date_utc'][:10]}, commit `{doc['commit']}`; chain `{'+'.join(doc['default_chain'])}`; "
@@ -365,6 +403,7 @@ def render(doc: dict[str, Any]) -> str:
         for case, t in tr.items():
             out.append(f"| {case} | {t['pit_ks_2samp']:.4f} ({t['pit_p']:.3f}) | {t['z_spec_ks_2samp']:.4f} "
                        f"({t['z_spec_p']:.3f}) | {t['coverage68_val']:.3f} | {t['coverage68_test']:.3f} |")
+    out += render_seeds(doc)
     runs = list(doc["runs"])
     out += ["", "Every fixed chain on the test rows, PIT KS / coverage68 / σ_MAD change (`auto` chose among them "
             "on the fitting rows alone):", "", "| chain | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
@@ -556,9 +595,13 @@ def run_kids_regression(cubes: Path, work: Path, seed: int, epochs: int, batch_s
               "from --out.")
 @click.option("--merge", "merge_parts", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Only combine the runs of several partial results files (cases run in parallel) into --out.")
+@click.option("--merge-seed", "seed_parts", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="With --merge: results files of the same cases at other --seed values; each run gets a `seeds` "
+                   "block (auto's choice, every chain's test numbers and whether they meet the targets).")
 def main(run_dir: str, cubes: str, cases: str, noise_repeats: int, n_features: int, val_fraction: float,
          batch_size: int, kids_cubes: str, kids_epochs: int, kids_val_fraction: float, kids_test_fraction: float,
-         work: str, seed: int, out: str, render_docs: bool, merge_parts: tuple[str, ...]) -> None:
+         work: str, seed: int, out: str, render_docs: bool, merge_parts: tuple[str, ...],
+         seed_parts: tuple[str, ...]) -> None:
     """Write benchmarks/results/calibration.json."""
     if render_docs:
         globals()["render_docs"](Path(out))
@@ -574,8 +617,18 @@ def main(run_dir: str, cubes: str, cases: str, noise_repeats: int, n_features: i
             merged.update({k: part[k] for k in ("flags", "noise_vs_n") if k in part})
             merged["parts"].append({k: part[k] for k in ("date_utc", "commit", "loadavg_at_start") if k in part}
                                    | {"cases": list(part["runs"])})
-        if len({p["commit"] for p in parts}) != 1:
-            raise click.ClickException(f"parts come from different commits: {[p['commit'] for p in parts]}")
+        others = [json.loads(Path(p).read_text()) for p in seed_parts]
+        if len({p["commit"] for p in parts + others}) != 1:
+            raise click.ClickException(f"parts come from different commits: {[p['commit'] for p in parts + others]}")
+        for other in others:
+            for case, run in other["runs"].items():
+                if case not in merged["runs"]:
+                    raise click.ClickException(f"seed {other['seed']}: run {case} is in no --merge part")
+                first = merged["runs"][case]
+                seeds = first.setdefault("seeds", {str(merged["seed"]): seed_entry(first)})
+                if str(other["seed"]) in seeds:
+                    raise click.ClickException(f"seed {other['seed']} of {case} is given twice")
+                seeds[str(other["seed"])] = seed_entry(run)
         write_json(Path(out), merged)
         print(f"wrote {out}")
         return
