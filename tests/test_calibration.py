@@ -292,3 +292,63 @@ def test_keep_mean_leaves_the_point_estimates_unchanged(tmp_path):
     np.testing.assert_array_equal(again(test_p), kept(test_p))
     with pytest.raises(ValueError, match="keep-mean must come once, after the last method"):
         fit_calibration(val_p, val_z, GRID, ["keep-mean", "pit"])
+
+
+def write_held_out(path, grid, *, n: int, shift: float, n_training_rows: int = 0, seed: int = 0):
+    """A prediction directory of ``n`` labelled objects whose PDFs sit ``shift`` above z_spec (σ 0.02)."""
+    from zpix.prediction.format import PredictionWriter
+
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(grid.z_min + 0.1 * (grid.z_max - grid.z_min), grid.z_max - 0.2 * (grid.z_max - grid.z_min), n)
+    pdfs = gaussian_pdfs(z + shift + rng.normal(0, 0.02, n), 0.02, grid)
+    rows = {"split": "test", "n_rows": n, "n_training_rows": n_training_rows}
+    with PredictionWriter(path, grid, n, method="cnn", meta={"rows": rows}) as writer:
+        writer.write(np.arange(n), pdfs, z)
+    return path
+
+
+def test_calibrate_fits_on_held_out_predictions_and_appends_to_the_run(tmp_path):
+    # cross-fitting: a run calibrated against photo-z on out-of-fold PDFs (a `zpix kfold` predictions/) rather
+    # than its own few validation rows; a known +0.03 offset of those PDFs is what the photoz step must remove
+    from test_training import tiny_config
+
+    import zpix
+    from zpix.calibration.photoz import PhotoZCalibration
+    from zpix.cli import main
+    from zpix.prediction.streaming import load_ensemble
+
+    cubes = write_toy_cubes(tmp_path / "toy.h5", n=240, size=16)
+    run = zpix.train(tiny_config(cubes, tmp_path / "run", max_epochs=1, val_fraction=0.4, calibrate=[])).run_dir
+    fit_calibration_steps = zpix.calibration.calibrate(run, tmp_path / "t", ["temperature"])  # a run's own chain
+    grid = RedshiftGrid.from_dict(load_ensemble(tmp_path / "t", "cpu")[0].hparams.grid)
+    held = write_held_out(tmp_path / "oof", grid, n=3000, shift=0.03)
+    before = sorted(p.name for p in (tmp_path / "t").rglob("*"))
+    res = CliRunner().invoke(main, ["calibrate", str(tmp_path / "t"), "--fit-on", str(held), "--method", "photoz",
+                                    "--out", str(tmp_path / "cal")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "t").rglob("*")) == before  # RUN untouched
+    chain = load_calibration(tmp_path / "cal")
+    assert [s.calibrator.name for s in chain.steps] == ["temperature", "photoz"]
+    assert chain.steps[0].to_dict() == fit_calibration_steps.steps[0].to_dict()  # the run's own step, kept
+    assert chain.steps[1].fitted_on["predictions"] == [str(held)] and chain.steps[1].fitted_on["n"] == 3000
+    photoz = chain.steps[1].calibrator
+    assert isinstance(photoz, PhotoZCalibration)
+    # inside the labelled range (at its ends E[z_spec | z_phot] is pulled in by the range itself, rightly)
+    span = grid.z_max - grid.z_min
+    np.testing.assert_allclose(photoz.shift(np.linspace(grid.z_min + 0.25 * span, grid.z_max - 0.35 * span, 4)),
+                               -0.03, atol=0.006)
+    assert (tmp_path / "cal" / "quality.npz").is_file()  # the run's own quality model, kept
+    # objects the producing model trained on, another grid, too few labelled objects: one clear error each
+    seen = write_held_out(tmp_path / "seen", grid, n=3000, shift=0.03, n_training_rows=2400)
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--fit-on", str(seen), "--method", "photoz", "--out",
+                                    str(tmp_path / "x1")])
+    assert res.exit_code != 0 and "2400 of its 3000 objects trained or validated" in res.output
+    other = write_held_out(tmp_path / "other", RedshiftGrid(90, 0.0, 0.4), n=3000, shift=0.0)
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--fit-on", str(other), "--method", "photoz", "--out",
+                                    str(tmp_path / "x2")])
+    assert res.exit_code != 0 and "the run predicts on" in res.output
+    few = [write_held_out(tmp_path / f"few{i}", grid, n=20, shift=0.0, seed=i) for i in (1, 2)]
+    res = CliRunner().invoke(main, ["calibrate", str(run), "--fit-on", str(few[0]), "--fit-on", str(few[1]),
+                                    "--method", "photoz", "--out", str(tmp_path / "x3")])
+    assert res.exit_code != 0 and "40 objects with a z_spec" in res.output  # both read, too few together
+    assert not any((tmp_path / f"x{i}").exists() for i in (1, 2, 3))
