@@ -304,13 +304,12 @@ def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Se
     """Fit ``methods`` on ``run``'s validation rows; write them to ``out`` (a new run directory) or, with
     ``out=None``, into ``run`` itself (what `zpix train` does to the run it has just written).
 
-    With ``fit_on`` (prediction directories, see :func:`held_out_pdfs`) the methods are fitted on its labelled
-    objects instead, as its PDFs are (after the calibration of the models that wrote them), and appended after
-    ``run``'s own steps; no cube pass, and ``run``'s quality model is kept as it is.  Cross-fitting: `zpix kfold`
-    with ``run``'s configuration gives every labelled object an out-of-fold PDF, so a calibration fitted on
-    those uses all of them rather than the validation rows alone (benchmarks/bias_crossfit.py: the Lin et al.
-    photo-z calibration on SDSS MGS met |Δ⟨z⟩| < 0.002 on 5 of 5 seeds this way, 2 of 3 on 1,500 validation
-    rows).
+    With ``fit_on`` (prediction directories, see :func:`held_out_pdfs`) the methods are fitted on their labelled
+    objects instead, on their PDFs as they are (after the calibration of the models that wrote them), and
+    appended after ``run``'s own steps; no cube pass, and ``run``'s quality model is kept as it is.
+    Cross-fitting: `zpix kfold` with ``run``'s configuration gives every labelled object an out-of-fold PDF, so
+    a calibration fitted on those uses all of them rather than the validation rows alone, and its own noise
+    shrinks accordingly (benchmarks/bias_crossfit.py).
 
     Returns the fitted chain: with ``append`` the run's existing steps, then the new ones; without, the
     new ones alone (a run being (re)trained must not keep a calibration fitted for other weights).  With
@@ -332,22 +331,18 @@ def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Se
     device = device or default_device()
     members = load_ensemble(run, device)
     base = load_calibration(run) if append else None
-    if fit_on:
-        val = held_out_pdfs(list(fit_on), RedshiftGrid.from_dict(members[0].hparams.grid))
-        fitted_on: dict[str, Any] = {"predictions": [str(f) for f in fit_on], "n": int(len(val["z_spec"])),
-                                     "their_calibration": val["their_calibration"]}
-        quality = False
-    else:
+    if not fit_on:
         val = validation_pdfs(run, cubes, batch_size=batch_size, device=device, on_bad=on_bad,
                               with_features=quality, members=members)
-        fitted_on = {"rows": "val", "run": str(run)}
-    if not fit_on:
         chain = fit_calibration(val["probs"], val["z_spec"], val["grid"], methods, base=base or None,
-                                fitted_on=fitted_on)
+                                fitted_on={"rows": "val", "run": str(run)})
     else:
+        val = held_out_pdfs(list(fit_on), RedshiftGrid.from_dict(members[0].hparams.grid))
+        quality = False
         # these PDFs already went through their models' calibration: the new steps are fitted on them as they
         # are, then put after the run's own steps (which must not be applied to them a second time)
-        chain = fit_calibration(val["probs"], val["z_spec"], val["grid"], methods, fitted_on=fitted_on)
+        chain = fit_calibration(val["probs"], val["z_spec"], val["grid"], methods, fitted_on={
+            "predictions": [str(f) for f in fit_on], "their_calibration": val["their_calibration"]})
         if base:
             if base.keep_mean:
                 raise ValueError(f"{run}: its calibration ends with keep-mean, which would undo new steps appended "
