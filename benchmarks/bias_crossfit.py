@@ -48,13 +48,16 @@ from bias_correction import (  # noqa: E402
     N_TH_GRID,
     calibration_errors,
     candidate_grid,
+    choose_candidate,
     correct,
     describe,
     headline,
+    magnet_batches,
     photoz_calibrate,
     scores,
     seed_entry,
     seed_summary,
+    targets,
     tomo_noise,
 )
 
@@ -67,7 +70,7 @@ SIGMA_TOLERANCE = 1.03
 
 def fold_predictions(train_all, test, candidates: list[dict[str, Any]], seed: int, log) -> dict[str, Any]:
     """Out-of-fold PDFs of the training file and fold-mean test PDFs, uncorrected and for each candidate."""
-    from zpix.baselines.magnet import MagNetConfig, MagnitudeDataset, network_inputs, train_magnet
+    from zpix.baselines.magnet import MagNetConfig, train_magnet
     from zpix.debias.api import DebiasConfig
     from zpix.debias.head import head_inputs, head_probs, pdf_head
     from zpix.training.splits import kfold_splits
@@ -83,12 +86,7 @@ def fold_predictions(train_all, test, candidates: list[dict[str, Any]], seed: in
         t0 = time.perf_counter()
         model, _ = train_magnet(fit, MagNetConfig(seed=seed * K_FOLDS + i))
         module = model.module
-
-        def batches(table, model=model):
-            ds = MagnitudeDataset(network_inputs(table, model.colours), table.ebv, table.z_spec)
-            return [ds.__getitems__(list(range(s, min(len(ds), s + 2048)))) for s in range(0, len(ds), 2048)]
-
-        ins = {k: [head_inputs(module, batches(t))] for k, t in
+        ins = {k: [head_inputs(module, magnet_batches(model, t))] for k, t in
                (("train", fit), ("val", val), ("held", held), ("test", test))}
         outputs = [(model.grid, ins["held"][0].probs, ins["test"][0].probs)]
         for overrides in candidates:
@@ -129,10 +127,7 @@ def one_seed(candidates: list[dict[str, Any]], seed: int, log) -> dict[str, Any]
         s = scores(oof[c], grids[c], zs)
         sweep.append({**overrides, "out_of_fold": s})
         log(f"[seed {seed}] {describe(overrides)} out-of-fold: {headline(s)}")
-    limit = SIGMA_TOLERANCE * before_oof["sigma_mad"]
-    eligible = [i for i, s in enumerate(sweep) if s["out_of_fold"]["sigma_mad"] <= limit]
-    best = (min(eligible, key=lambda i: sweep[i]["out_of_fold"]["spec_z_trend_amplitude"]) if eligible
-            else min(range(len(sweep)), key=lambda i: sweep[i]["out_of_fold"]["sigma_mad"]))
+    best, eligible = choose_candidate([s["out_of_fold"] for s in sweep], before_oof["sigma_mad"], SIGMA_TOLERANCE)
     chosen, c = candidates[best], best + 1
     before = scores(tst[0], grids[0], zt)
     debiased = scores(tst[c], grids[c], zt)
@@ -158,12 +153,7 @@ def one_seed(candidates: list[dict[str, Any]], seed: int, log) -> dict[str, Any]
                    f"spec-z trend amplitude with sigma_MAD <= {SIGMA_TOLERANCE} x the uncorrected models'",
                    "none_within_sigma_tolerance_out_of_fold": not eligible, "grid": grids[c].to_dict(),
                    "photoz_calibration": step.to_dict()},
-        "targets": {
-            "trend_halves (debiased)": debiased["spec_z_trend_amplitude"] <= 0.5 * before["spec_z_trend_amplitude"],
-            "trend_halves (after)": after["spec_z_trend_amplitude"] <= 0.5 * before["spec_z_trend_amplitude"],
-            "max_tomo_bias_below_0.002 (after)": after["max_tomo_bias"] < 0.002,
-            "sigma_mad_within_5pct (debiased)": debiased["sigma_mad"] <= 1.05 * before["sigma_mad"],
-            "sigma_mad_within_5pct (after)": after["sigma_mad"] <= 1.05 * before["sigma_mad"]}}
+        "targets": targets(before, debiased, after)}
 
 
 @click.command()

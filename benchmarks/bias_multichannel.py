@@ -55,8 +55,10 @@ from bias_correction import (  # noqa: E402
     N_PREDICT_CHECK,
     N_VAL_MGS,
     SIGMA_TOLERANCE,
+    choose_candidate,
     correct,
     headline,
+    magnet_batches,
     photoz_calibrate,
     scores,
     val_min_count,
@@ -81,11 +83,8 @@ def headline_block(block: dict[str, Any]) -> dict[str, Any]:
 def choose_channels(sweep: list[dict[str, Any]], before_val_sigma: float) -> int:
     """``bias_correction.py``'s rule on validation rows: the smallest trend amplitude among the candidates
     whose σ_MAD is within the tolerance of the model's own; none within it: the smallest σ_MAD."""
-    limit = SIGMA_TOLERANCE * before_val_sigma
-    eligible = [s for s in sweep if s["val"]["sigma_mad"] <= limit]
-    if eligible:
-        return min(eligible, key=lambda s: s["val"]["spec_z_trend_amplitude"])["mag_channels"]
-    return min(sweep, key=lambda s: s["val"]["sigma_mad"])["mag_channels"]
+    best, _ = choose_candidate([s["val"] for s in sweep], before_val_sigma, SIGMA_TOLERANCE)
+    return sweep[best]["mag_channels"]
 
 
 def one_seed(name: str, heads, train_in, val_in, test_in, z_train, mag_train, z_val, mag_val, z_test, grid,
@@ -159,7 +158,7 @@ def mgs_case(seeds: list[int], channels: tuple[int, ...], log) -> dict[str, Any]
     if not MGS.is_dir():
         log(f"[sdss_mgs] {MGS} is not available (../shared is absent); skipped")
         return None
-    from zpix.baselines.magnet import MagNetConfig, MagnitudeDataset, network_inputs, train_magnet
+    from zpix.baselines.magnet import MagNetConfig, train_magnet
     from zpix.baselines.tables import load_magnitudes
     from zpix.debias.head import head_inputs, pdf_head
 
@@ -177,12 +176,8 @@ def mgs_case(seeds: list[int], channels: tuple[int, ...], log) -> dict[str, Any]
         log(f"[sdss_mgs seed {seed}] magnitude network trained on {len(fit)} objects in "
             f"{time.perf_counter() - t0:.0f} s")
         module = model.module
-
-        def batches(table, model=model):
-            ds = MagnitudeDataset(network_inputs(table, model.colours), table.ebv, table.z_spec)
-            return [ds.__getitems__(list(range(s, min(len(ds), s + 2048)))) for s in range(0, len(ds), 2048)]
-
-        ins = {k: [head_inputs(module, batches(t))] for k, t in (("train", fit), ("val", val), ("test", test))}
+        ins = {k: [head_inputs(module, magnet_batches(model, t))]
+               for k, t in (("train", fit), ("val", val), ("test", test))}
         r = list(train_all.bands).index("r")
         per_seed.append(one_seed("sdss_mgs", [pdf_head(module)], ins["train"], ins["val"], ins["test"],
                                  fit.z_spec.astype(np.float64), fit.dereddened()[:, r], val.z_spec.astype(np.float64),
