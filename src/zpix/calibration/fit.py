@@ -243,12 +243,12 @@ def held_out_pdfs(predictions: Sequence[str | os.PathLike], grid: RedshiftGrid) 
     another grid than ``grid`` (the run's output), or where all together hold fewer than ``MIN_VALIDATION``
     labelled objects.
     """
-    from zpix.prediction.format import read_meta, read_predictions
+    from zpix.prediction.format import read_meta, read_predictions, rows_record
 
     probs, z_spec, theirs = [], [], []
     for path in predictions:
         meta = read_meta(path)
-        rows = (meta.get("meta") or {}).get("rows") or {}
+        rows = rows_record(meta)
         n_seen = int(rows.get("n_training_rows", 0) or 0)
         if n_seen:
             raise ValueError(f"{path}: {n_seen} of its {rows.get('n_rows', '?')} objects trained or validated the "
@@ -359,11 +359,11 @@ def calibrate(run: str | os.PathLike, out: str | os.PathLike | None, methods: Se
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # a quality model not refitted here is the run's own, fitted after its own calibration: kept
+    refit = (CALIBRATION_FILE, QUALITY_FILE) if qmodel is not None or not fit_on else (CALIBRATION_FILE,)
     try:
         for src in sorted(run.rglob("*")):
             rel = src.relative_to(run)
-            # a quality model not refitted here is the run's own, fitted after its own calibration: kept
-            refit = (CALIBRATION_FILE, QUALITY_FILE) if qmodel is not None or not fit_on else (CALIBRATION_FILE,)
             if src.is_file() and rel.parts[0] != "logs" and rel.name not in refit:
                 _link_or_copy(src, tmp / rel)
         chain.save(tmp / CALIBRATION_FILE)

@@ -467,10 +467,10 @@ def run_evaluation(
 
 def check_training_rows(paths: Sequence[str | Path], allow: bool) -> None:
     """Refuse (unless ``allow``) prediction directories whose rows include their model's training/validation rows."""
-    from zpix.prediction.format import read_meta
+    from zpix.prediction.format import read_meta, rows_record
 
     for path in paths:
-        rows = (read_meta(_prediction_dir(path)).get("meta") or {}).get("rows") or {}
+        rows = rows_record(read_meta(_prediction_dir(path)))
         n = int(rows.get("n_training_rows", 0) or 0)
         if n and not allow:
             raise ValueError(

@@ -369,6 +369,12 @@ def _damaged(path: Path, err: BaseException) -> PredictionFormatError:
                                  "re-run the prediction that wrote it")
 
 
+def rows_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a prediction's meta.yaml says of its rows (:func:`zpix.runs.select_rows`: split, n_rows,
+    n_training_rows), ``{}`` where it says nothing."""
+    return (meta.get("meta") or {}).get("rows") or {}
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """meta.yaml of a prediction directory, checked for the keys the reader needs."""
     import yaml

@@ -23,7 +23,7 @@ from zpix.hardware import inference_chunk, inference_precision, predict_batch
 from zpix.pdf import RedshiftGrid
 from zpix.plain_types import to_plain
 from zpix.precision import cast_body, runs_in_bf16
-from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions
+from zpix.prediction.format import PredictionWriter, iter_pdfs, read_predictions, rows_record
 from zpix.prediction.journal import ChunkJournal, file_identity, rows_digest
 from zpix.runs import RunInputError, check_inputs, checkpoint_paths, select_rows
 from zpix.store.cube_store import CubeStore
@@ -270,8 +270,7 @@ def merge_predictions(parts: list[str | os.PathLike], out: str | os.PathLike, ov
     core = {"id", "z_mean", "z_median", "z_mode", "z_lo68", "z_hi68", "width68", "z_spec"}
     n_total = sum(len(info) for info in infos)
     # the merged rows include training objects if any part does (zpix evaluate checks this)
-    n_training = sum(int(((info.meta.get("meta") or {}).get("rows") or {}).get("n_training_rows", 0))
-                     for info in infos)
+    n_training = sum(int(rows_record(info.meta).get("n_training_rows", 0)) for info in infos)
     rows = {"split": "merged", "n_rows": n_total, "n_training_rows": n_training}
     with PredictionWriter(out, grid, n_total, method=infos[0].method, overwrite=overwrite,
                           meta={"merged_from": [str(p) for p in parts], "rows": rows}) as writer:
